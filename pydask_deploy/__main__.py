@@ -1,0 +1,3 @@
+from pydask_deploy.cli import main
+
+main()

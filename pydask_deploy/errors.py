@@ -1,0 +1,32 @@
+"""One root for the errors pydask-deploy expects; the CLI turns them into a clean line.
+
+Each error carries the exit code the command contract gives it: 2 for bad usage or bad
+input (nothing was changed on any host), 1 for a failure on a host or an unhealthy cluster.
+Anything that is not a ``DeployError`` is a bug and keeps its traceback.
+"""
+
+
+class DeployError(Exception):
+    """Base of every error pydask-deploy reports to the user without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(DeployError, ValueError):
+    """Bad usage or bad input: exit 2, nothing was changed on any host."""
+
+    exit_code = 2
+
+
+class InventoryError(UsageError):
+    """An inventory that cannot be used as written (names the file, the key and the value)."""
+
+
+class LabError(DeployError):
+    """The local lab could not be brought up or down."""
+
+
+class LabUsageError(LabError, UsageError):
+    """The lab cannot run here as asked (not root, not Linux, subnet in use ...): exit 2."""
+
+    exit_code = 2
