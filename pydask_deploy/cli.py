@@ -146,3 +146,52 @@ def _lab_json(
         "inventory": str(inventory) if inventory else None,
         "registry": registry,
     }
+
+
+# --------------------------------------------------------------------------- check
+
+
+@main.command("check")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@reports_errors
+def check_command(inventory_file: str, as_json: bool) -> None:
+    """Validate INVENTORY without touching any host (no SSH, no network).
+
+    Reports every problem at once, each naming the file, the key and the value; exits 2
+    when there is one.
+    """
+    import json as json_module
+
+    from pydask_deploy.errors import InventoryError
+    from pydask_deploy.inventory import Host, load_inventory
+
+    def host_json(host: Host) -> dict[str, object]:
+        return {"name": host.name, "address": host.address, "port": host.port, "user": host.user}
+
+    try:
+        inventory = load_inventory(inventory_file)
+    except InventoryError as exc:
+        if not as_json:
+            raise
+        failed = {"ok": False, "errors": str(exc).splitlines(), "scheduler": None, "workers": []}
+        click.echo(json_module.dumps(failed, indent=2))
+        sys.exit(exc.exit_code)
+    runtimes = sorted({str(inventory.dask_vars(h).get("dask_runtime")) for h in inventory.hosts})
+    if as_json:
+        result = {
+            "ok": True,
+            "errors": [],
+            "scheduler": host_json(inventory.scheduler),
+            "workers": [host_json(w) for w in inventory.workers],
+            "runtime": runtimes,
+        }
+        click.echo(json_module.dumps(result, indent=2))
+        return
+    scheduler = inventory.scheduler
+    names = [w.name for w in inventory.workers]
+    shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} ... {names[-1]}"
+    click.echo(f"{inventory_file}: ok")
+    click.echo(f"  scheduler: {scheduler.name} ({scheduler.address}:{scheduler.port})")
+    click.echo(f"  workers:   {len(names)}" + (f" ({shown})" if names else ""))
+    click.echo(f"  runtime:   {', '.join(runtimes)}")
