@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 import click
 
 from pydask_deploy import __version__
+from pydask_deploy import inventory as inventory_module
 from pydask_deploy import lab as lab_module
+from pydask_deploy import plan as plan_module
+from pydask_deploy import run as run_module
+from pydask_deploy import verify as verify_module
 from pydask_deploy.errors import DeployError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -195,3 +199,111 @@ def check_command(inventory_file: str, as_json: bool) -> None:
     click.echo(f"  scheduler: {scheduler.name} ({scheduler.address}:{scheduler.port})")
     click.echo(f"  workers:   {len(names)}" + (f" ({shown})" if names else ""))
     click.echo(f"  runtime:   {', '.join(runtimes)}")
+
+
+# --------------------------------------------------------------------------- apply
+
+
+class _ProgressPrinter:
+    """Live progress on stderr: each task as it starts, and each host that changed or failed."""
+
+    def __init__(self, show_diff: bool) -> None:
+        self.show_diff = show_diff
+        self.tasks = 0
+
+    def __call__(self, step: run_module.Progress) -> None:
+        if step.kind == "play":
+            click.secho(f"\n{step.task}", bold=True, err=True)
+        elif step.kind == "task":
+            self.tasks += 1
+            click.echo(f"  [{self.tasks:>2}] {step.task}", err=True)
+        elif step.kind == "changed":
+            click.secho(f"         {step.host}: changed", fg="yellow", err=True)
+        elif step.kind in ("failed", "unreachable"):
+            click.secho(f"         {step.host}: {step.kind}: {step.message}", fg="red", err=True)
+        if self.show_diff and step.diff:
+            click.echo(step.diff, err=True)
+
+
+def _print_run(result: run_module.RunResult) -> None:
+    click.echo(f"\n{'HOST':<20} {'OK':>4} {'CHANGED':>8} {'FAILED':>7} {'UNREACHABLE':>12}")
+    for h in result.hosts:
+        colour = None if h.succeeded else "red"
+        click.secho(
+            f"{h.name:<20} {h.ok:>4} {h.changed:>8} {h.failed:>7} {h.unreachable:>12}",
+            fg=colour,
+        )
+    for h in result.failed_hosts:
+        for error in h.errors or ("failed",):
+            click.secho(f"{h.name}: {error}", fg="red")
+
+
+@main.command("apply")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the changes made to files and templates.")
+@click.option("--limit", metavar="PATTERN", help="Only these hosts (an Ansible host pattern).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def apply_command(
+    inventory_file: str, check: bool, diff: bool, limit: str | None, as_json: bool
+) -> None:
+    """Converge every host of INVENTORY into the Dask cluster it declares.
+
+    Validates the inventory first (nothing is touched when it is wrong, exit 2), then runs
+    the roles with Ansible. Safe to run again: a converged cluster reports 0 changed.
+    Exit 1 when a host failed or was unreachable; the others still converge.
+    """
+    inventory = inventory_module.load_inventory(inventory_file)
+    plan = plan_module.plan_apply(inventory, check=check, diff=diff, limit=limit)
+    mode = " (check mode: nothing will change)" if check else ""
+    _say(f"apply {inventory_file}: {len(inventory.hosts)} host(s){mode}")
+    result = run_module.run_playbook(plan, _ProgressPrinter(show_diff=diff))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_run(result)
+    verb = "would change" if check else "changed"
+    if result.succeeded:
+        _say(
+            f"{len(result.hosts)} host(s) ok, {result.changed} task(s) {verb} "
+            f"in {result.seconds:.1f} s"
+        )
+        if not check:
+            _say(f"next: pydask-deploy verify {inventory_file}")
+        return
+    failed = ", ".join(h.name for h in result.failed_hosts)
+    _say(
+        f"failed on {failed}; the other hosts converged. Fix the cause and run "
+        f"`pydask-deploy apply {inventory_file}` again to finish."
+    )
+    sys.exit(1)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@main.command("verify")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def verify_command(inventory_file: str, as_json: bool) -> None:
+    """Prove the cluster of INVENTORY works (read-only checks; exit 0 all passed, 1 not).
+
+    On every host: its dask units are running and enabled. On the scheduler: ports for the
+    scheduler and the dashboard are listening and /health answers. From here: each worker
+    host has its expected number of workers registered with the scheduler.
+    """
+    inventory = inventory_module.load_inventory(inventory_file)
+    report = verify_module.verify_cluster(inventory)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for c in report.checks:
+            mark = click.style("PASS", fg="green") if c.passed else click.style("FAIL", fg="red")
+            click.echo(f"{mark}  {c.host:<16} {c.name:<42} {c.detail}")
+        failed = sum(not c.passed for c in report.checks)
+        summary = f"{len(report.checks) - failed} passed, {failed} failed"
+        click.secho(summary, fg="green" if not failed else "red", bold=True)
+    if not report.passed:
+        sys.exit(1)

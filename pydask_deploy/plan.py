@@ -1,0 +1,72 @@
+"""Decide what a run will do: which playbook, on which hosts, with which Ansible settings.
+
+A ``Plan`` is a plain value: the runner (run.py) carries it out and nothing else decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydask_deploy.inventory import Inventory
+from pydask_deploy.resources import playbook_path, roles_path
+
+MAX_FORKS = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One ansible-playbook run: what to run, where, and how fast."""
+
+    inventory: Inventory
+    playbook: Path
+    limit: str | None = None
+    check: bool = False
+    diff: bool = False
+    forks: int = 5
+    extravars: Mapping[str, object] = field(default_factory=dict)
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.inventory.hosts)
+
+
+def fast_settings(forks: int) -> dict[str, str]:
+    """Ansible settings for speed: pipelining, SSH connection reuse, one fork per host."""
+    return {
+        "ANSIBLE_PIPELINING": "True",
+        # Reuse one SSH connection per host across tasks (and across runs for a minute).
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+        "ANSIBLE_FORKS": str(forks),
+        "ANSIBLE_ROLES_PATH": str(roles_path()),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_SYSTEM_WARNINGS": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_STDOUT_CALLBACK": "default",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
+    }
+
+
+def plan_apply(
+    inventory: Inventory,
+    *,
+    check: bool = False,
+    diff: bool = False,
+    limit: str | None = None,
+    extravars: Mapping[str, object] | None = None,
+) -> Plan:
+    """The plan of ``pydask-deploy apply``: converge every host with ``playbooks/site.yml``."""
+    forks = max(5, min(MAX_FORKS, len(inventory.hosts)))
+    return Plan(
+        inventory=inventory,
+        playbook=playbook_path("site.yml"),
+        limit=limit,
+        check=check,
+        diff=diff,
+        forks=forks,
+        extravars=dict(extravars or {}),
+        settings=fast_settings(forks),
+    )

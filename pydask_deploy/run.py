@@ -1,0 +1,200 @@
+"""Carry out a Plan with ansible-runner: stream progress, collect a per-host result.
+
+This is the one module that starts Ansible.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from pydask_deploy.plan import Plan
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """What one host did in a run.
+
+    ``ok`` counts tasks that succeeded (changed ones included, as Ansible counts them),
+    ``changed`` those that changed something, ``failed`` tasks that failed, ``unreachable``
+    1 when the host could not be reached; ``errors`` names each failing task and its message.
+    """
+
+    name: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    errors: tuple[str, ...] = ()
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failed and not self.unreachable
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of a run: one ``HostResult`` per host, and the run's own status."""
+
+    hosts: tuple[HostResult, ...]
+    status: str
+    rc: int
+    seconds: float
+    check: bool = False
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.hosts)
+
+    @property
+    def failed_hosts(self) -> tuple[HostResult, ...]:
+        return tuple(h for h in self.hosts if not h.succeeded)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "successful" and not self.failed_hosts
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("ok", "changed", "failed", "unreachable", "skipped")
+        return {
+            "ok": self.succeeded,
+            "check": self.check,
+            "changed": self.changed > 0,
+            "seconds": round(self.seconds, 2),
+            "totals": {k: sum(getattr(h, k) for h in self.hosts) for k in keys},
+            "hosts": {
+                h.name: {**{k: getattr(h, k) for k in keys}, "errors": list(h.errors)}
+                for h in self.hosts
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run, for the live display: a task starting, or a host's result."""
+
+    kind: str  # "play", "task", "ok", "changed", "failed", "unreachable", "skipped"
+    task: str = ""
+    host: str = ""
+    message: str = ""
+    diff: str = ""
+
+
+OnProgress = Callable[[Progress], None]
+
+_RESULT_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+
+
+@dataclass
+class _Collector:
+    """Turns ansible-runner events into Progress and remembers each host's errors."""
+
+    on_progress: OnProgress
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_play_start":
+            self.on_progress(Progress("play", task=str(data.get("play", ""))))
+        elif kind == "playbook_on_task_start":
+            self.on_progress(Progress("task", task=str(data.get("task", ""))))
+        elif kind in _RESULT_EVENTS:
+            result = data.get("res") or {}
+            status = _RESULT_EVENTS[kind]
+            if status == "ok" and result.get("changed"):
+                status = "changed"
+            if status == "failed" and data.get("ignore_errors"):
+                status = "ok"
+            host = str(data.get("host", ""))
+            task = str(data.get("task", ""))
+            message = _message(result) if status in ("failed", "unreachable") else ""
+            if message:
+                self.errors.setdefault(host, []).append(f"{task}: {message}")
+            diff = str(event.get("stdout", "")) if result.get("diff") else ""
+            self.on_progress(Progress(status, task=task, host=host, message=message, diff=diff))
+        return True  # keep the event in the artifacts too
+
+
+def _message(result: Mapping[str, Any]) -> str:
+    """The useful line of a failed or unreachable result."""
+    message = str(result.get("msg") or "").strip()
+    stderr = str(result.get("stderr") or "").strip()
+    if stderr:
+        tail = stderr.splitlines()[-1]
+        message = f"{message} ({tail})" if message else tail
+    return message or "failed without a message"
+
+
+def run_playbook(plan: Plan, on_progress: OnProgress) -> RunResult:
+    """Run the plan's playbook and return the per-host result (never raises for host failures)."""
+    collector = _Collector(on_progress)
+    # The ansible executables sit beside this interpreter, which may not be on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    cmdline = []
+    if plan.check:
+        cmdline.append("--check")
+    if plan.diff:
+        cmdline.append("--diff")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pydask-deploy-") as private:
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            playbook=str(plan.playbook),
+            inventory=str(plan.inventory.path.resolve()),
+            limit=plan.limit,
+            forks=plan.forks,
+            extravars=dict(plan.extravars),
+            envvars={**plan.settings, "PATH": path},
+            cmdline=" ".join(cmdline) or None,
+            event_handler=collector,
+            quiet=True,
+            suppress_env_files=True,
+        )
+        stats = runner.stats or {}
+        tail = "" if stats else runner.stdout.read()[-2000:]
+    seconds = time.monotonic() - started
+    names = list(plan.host_names)
+    for bucket in ("ok", "changed", "failures", "dark", "skipped"):
+        names += [n for n in (stats.get(bucket) or {}) if n not in names]
+    hosts = tuple(
+        HostResult(
+            name=name,
+            ok=int(stats.get("ok", {}).get(name, 0)),
+            changed=int(stats.get("changed", {}).get(name, 0)),
+            failed=int(stats.get("failures", {}).get(name, 0)),
+            unreachable=int(stats.get("dark", {}).get(name, 0)),
+            skipped=int(stats.get("skipped", {}).get(name, 0)),
+            errors=tuple(collector.errors.get(name, ())),
+        )
+        for name in names
+        if plan.limit is None or name in _touched(stats)
+    )
+    if not stats:
+        # Ansible stopped before any host ran (bad playbook, missing role ...): say why.
+        hosts = (HostResult(name="(ansible)", failed=1, errors=(tail.strip() or runner.status,)),)
+    return RunResult(
+        hosts=hosts,
+        status=str(runner.status),
+        rc=int(runner.rc or 0),
+        seconds=seconds,
+        check=plan.check,
+    )
+
+
+def _touched(stats: Mapping[str, Mapping[str, int]]) -> set[str]:
+    return {name for bucket in stats.values() if bucket for name in bucket}

@@ -1,0 +1,214 @@
+"""apply and verify against real lab hosts: a cluster that computes, idempotently."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from distributed import Client, get_task_stream
+
+from pydask_deploy import lab as lab_module
+
+pytestmark = pytest.mark.lab
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pydask_deploy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ssh(lab: lab_module.Lab, host: str, command: str) -> str:
+    argv = lab_module.ssh_command(lab.config, host, [command])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
+    return done.stdout
+
+
+def edit_inventory(source: Path, target: Path, **all_vars: Any) -> Path:
+    data = yaml.safe_load(source.read_text())
+    data["all"]["vars"].update(all_vars)
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+@dataclass(frozen=True)
+class Cluster:
+    lab: lab_module.Lab
+    inventory: Path
+    first_apply: dict[str, Any]
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.lab.hosts[0].address}:8786"
+
+    def client(self) -> Client:
+        return Client(self.address, timeout=30)  # type: ignore[no-untyped-call]
+
+
+def wait_for_workers(client: Client, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(client.scheduler_info()["workers"]) != count:
+        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    lab: lab_module.Lab, lab_inventory: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Cluster:
+    """The session lab converged by one cold apply, with scikit-learn for the user's workload."""
+    inventory = edit_inventory(
+        lab_inventory,
+        tmp_path_factory.mktemp("cluster") / "cluster.yml",
+        dask_python_packages=["scikit-learn"],
+    )
+    applied = cli("apply", str(inventory), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    return Cluster(lab, inventory, json.loads(applied.stdout))
+
+
+def test_cold_apply_changes_every_host(cluster: Cluster) -> None:
+    report = cluster.first_apply
+    assert report["ok"] is True and report["changed"] is True
+    assert sorted(report["hosts"]) == sorted(h.name for h in cluster.lab.hosts)
+    for name, counts in report["hosts"].items():
+        assert counts["changed"] > 0, name
+        assert counts["failed"] == counts["unreachable"] == 0, name
+
+
+def test_verify_passes(cluster: Cluster) -> None:
+    result = cli("verify", str(cluster.inventory), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    registered = [c for c in report["checks"] if c["check"].startswith("workers registered")]
+    assert [c["host"] for c in registered] == [h.name for h in cluster.lab.hosts[1:]]
+
+
+def test_a_client_computes_on_the_cluster(cluster: Cluster) -> None:
+    with cluster.client() as client:
+        wait_for_workers(client, len(cluster.lab.hosts) - 1)
+        futures = client.map(lambda x: x * x, range(100))
+        assert sum(client.gather(futures)) == sum(x * x for x in range(100))
+        ran_on = {w.split("://")[1].rsplit(":", 1)[0] for w in client.has_what()}
+        assert ran_on == {h.address for h in cluster.lab.hosts[1:]}
+
+
+def test_grid_search_on_the_cluster_matches_a_local_fit(cluster: Cluster) -> None:
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    digits = load_digits()
+    grid = {"C": [1e-4, 1, 1e4], "gamma": [1e-3, 1, 1e3], "class_weight": [None, "balanced"]}
+
+    def fit() -> GridSearchCV:
+        return GridSearchCV(SVC(kernel="rbf"), grid, cv=3).fit(digits.data, digits.target)
+
+    local = fit()
+    with cluster.client() as client, joblib.parallel_backend("dask"):
+        wait_for_workers(client, len(cluster.lab.hosts) - 1)
+        with get_task_stream(client) as stream:
+            remote = fit()
+    assert remote.best_params_ == local.best_params_
+    # the fits really ran on the lab's workers, not here
+    ran_on = {t["worker"].split("://")[1].rsplit(":", 1)[0] for t in stream.data}
+    assert len(stream.data) >= 18 * 3
+    assert ran_on == {h.address for h in cluster.lab.hosts[1:]}
+
+
+def test_second_apply_changes_nothing(cluster: Cluster) -> None:
+    result = cli("apply", str(cluster.inventory), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["changed"] is False
+    assert {n: c["changed"] for n, c in report["hosts"].items()} == {
+        h.name: 0 for h in cluster.lab.hosts
+    }
+
+
+def test_check_mode_reports_a_change_and_changes_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    edited = edit_inventory(cluster.inventory, tmp_path / "edited.yml", dask_worker_nthreads=3)
+    worker = cluster.lab.hosts[1].name
+    unit_before = ssh(cluster.lab, worker, "systemctl cat dask-worker")
+    pid_before = ssh(cluster.lab, worker, "systemctl show -p MainPID --value dask-worker")
+    result = cli("apply", str(edited), "--check", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["check"] is True and report["changed"] is True
+    assert report["hosts"][worker]["changed"] > 0
+    assert report["hosts"][cluster.lab.hosts[0].name]["changed"] == 0
+    assert ssh(cluster.lab, worker, "systemctl cat dask-worker") == unit_before
+    assert "--nthreads 3" not in unit_before
+    assert ssh(cluster.lab, worker, "systemctl show -p MainPID --value dask-worker") == pid_before
+
+
+@pytest.mark.parametrize(
+    "how", ["systemctl restart dask-worker", "pkill -KILL -u dask -f 'dask worker'"]
+)
+def test_a_restarted_or_killed_worker_comes_back(cluster: Cluster, how: str) -> None:
+    worker = cluster.lab.hosts[-1]
+    with cluster.client() as client:
+        wait_for_workers(client, len(cluster.lab.hosts) - 1)
+        before = {
+            a for a, w in client.scheduler_info()["workers"].items() if w["host"] == worker.address
+        }
+        ssh(cluster.lab, worker.name, how + " || true")
+        deadline = time.monotonic() + 60
+        while True:
+            now = {
+                a
+                for a, w in client.scheduler_info()["workers"].items()
+                if w["host"] == worker.address
+            }
+            if now and now != before:
+                break
+            assert time.monotonic() < deadline, f"worker on {worker.name} did not come back"
+            time.sleep(0.25)
+        assert client.submit(lambda: 1 + 1, workers=list(now)).result(timeout=30) == 2
+
+
+def test_an_unreachable_host_is_reported_and_the_others_converge(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(cluster.inventory.read_text())
+    unused = str(cluster.lab.config.subnet.network_address + 200)  # no lab host there
+    data["all"]["children"]["dask_workers"]["hosts"]["ghost"] = {"ansible_host": unused}
+    data["all"]["vars"]["ansible_ssh_common_args"] += " -o ConnectTimeout=3"
+    inventory = tmp_path / "ghost.yml"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = cli("apply", str(inventory), "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["hosts"]["ghost"]["unreachable"] == 1
+    assert report["hosts"]["ghost"]["errors"]
+    for host in cluster.lab.hosts:
+        counts = report["hosts"][host.name]
+        assert counts["failed"] == counts["unreachable"] == 0, host.name
+    human = cli("apply", str(inventory))
+    assert human.returncode == 1
+    assert "ghost" in human.stdout and "unreachable" in human.stderr
+    assert "run `pydask-deploy apply" in human.stderr
+
+
+def test_bad_inventory_stops_apply_before_any_ssh(cluster: Cluster, tmp_path: Path) -> None:
+    bad = edit_inventory(cluster.inventory, tmp_path / "bad.yml", dask_worker_nthreads="eight")
+    started = time.monotonic()
+    result = cli("apply", str(bad))
+    assert result.returncode == 2
+    assert "`dask_worker_nthreads` must be" in result.stderr and "'eight'" in result.stderr
+    assert str(bad) in result.stderr
+    assert "PLAY" not in result.stderr and time.monotonic() - started < 20
