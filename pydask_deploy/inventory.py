@@ -279,6 +279,7 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
         "dask_scheduler_host": _any_string,
         "dask_scheduler_port": _port,
         "dask_dashboard_port": _port,
+        "dask_dashboard_address": _any_string,
         "dask_scheduler_extra_args": _string_list,
         # dask_worker
         "dask_worker_nworkers": _positive_int,
@@ -291,6 +292,9 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
         "dask_worker_extra_args": _string_list,
         # TLS
         "dask_tls": _boolean,
+        "dask_tls_cert_days": _positive_int,
+        "dask_tls_renew_days": _int_at_least(0, "an integer >= 0"),
+        "dask_tls_pki_dir": _any_string,
     }
 )
 

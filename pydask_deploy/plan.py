@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydask_deploy.inventory import Inventory
+from pydask_deploy.pki import Pki
 from pydask_deploy.resources import playbook_path, roles_path
 
 MAX_FORKS = 50
@@ -57,9 +58,19 @@ def plan_apply(
     diff: bool = False,
     limit: str | None = None,
     extravars: Mapping[str, object] | None = None,
+    pki: Pki | None = None,
 ) -> Plan:
-    """The plan of ``pydask-deploy apply``: converge every host with ``playbooks/site.yml``."""
+    """The plan of ``pydask-deploy apply``: converge every host with ``playbooks/site.yml``.
+
+    With ``pki`` (TLS on) the roles copy the certificates from its directory; in check mode,
+    certificates it would issue are not made yet, and the roles are told so.
+    """
     forks = max(5, min(MAX_FORKS, len(inventory.hosts)))
+    extravars = dict(extravars or {})
+    if pki is not None:
+        extravars["__dask_tls_src_dir"] = str(pki.directory)
+        if check and pki.issued:
+            extravars["__dask_tls_pending"] = True
     return Plan(
         inventory=inventory,
         playbook=playbook_path("site.yml"),
@@ -67,6 +78,6 @@ def plan_apply(
         check=check,
         diff=diff,
         forks=forks,
-        extravars=dict(extravars or {}),
+        extravars=extravars,
         settings=fast_settings(forks),
     )

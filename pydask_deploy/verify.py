@@ -7,9 +7,11 @@ over one reused SSH connection per host, all hosts at once.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections import Counter
@@ -20,7 +22,9 @@ from typing import Any
 
 import testinfra
 
+from pydask_deploy import connection
 from pydask_deploy.inventory import Host, Inventory
+from pydask_deploy.pki import PkiError
 
 SCHEDULER_UNIT = "dask-scheduler"
 WORKER_UNIT = "dask-worker"
@@ -105,8 +109,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _health_check(inventory: Inventory) -> Check:
     scheduler = inventory.scheduler
-    port = inventory.dask_vars(scheduler)["dask_dashboard_port"]
-    url = f"http://{scheduler.address}:{port}/health"
+    url = f"{connection.dashboard_url(inventory)}/health"
+    if _loopback(url):  # a dashboard kept to SSH forwarding: ask from the scheduler host
+        return _health_check_on_host(inventory, url)
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             body = reply.read().decode().strip()
@@ -115,23 +120,46 @@ def _health_check(inventory: Inventory) -> Check:
     return Check(scheduler.name, "/health answers ok", body == "ok", f"{url}: {body!r}")
 
 
-def scheduler_address(inventory: Inventory) -> str:
-    """The address a client on this machine uses to reach the scheduler."""
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _health_check_on_host(inventory: Inventory, url: str) -> Check:
     scheduler = inventory.scheduler
-    port = inventory.dask_vars(scheduler)["dask_scheduler_port"]
-    return f"tcp://{scheduler.address}:{port}"
+    script = (
+        "import sys, urllib.request; "
+        f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
+    )
+    try:
+        done = _testinfra_host(inventory, scheduler).run("python3 -c %s", script)
+    except Exception as exc:  # testinfra raises plain RuntimeError on SSH trouble
+        return Check(scheduler.name, "/health answers ok", False, f"{url}: {_first_line(exc)}")
+    body = done.stdout.strip() if done.rc == 0 else done.stderr.strip()[-200:]
+    return Check(scheduler.name, "/health answers ok", body == "ok", f"{url}: {body!r}")
+
+
+# The address comes from connection.py now; this name stays for the callers that use it.
+scheduler_address = connection.cluster_address
 
 
 def _registration_checks(inventory: Inventory, addresses: dict[str, set[str]]) -> list[Check]:
     """Each worker host has as many workers registered as its ``dask_worker_nworkers``."""
     from distributed import Client
 
-    where = scheduler_address(inventory)
+    where = connection.cluster_address(inventory)
+    try:
+        security = connection.client_security(inventory)
+    except PkiError as exc:
+        return [Check(inventory.scheduler.name, "scheduler accepts a client", False, str(exc))]
     try:
         with warnings.catch_warnings():
             # version skew is status's business; verify asks only who is registered
             warnings.simplefilter("ignore")
-            with Client(where, timeout=10) as client:  # type: ignore[no-untyped-call]
+            with Client(where, security=security, timeout=10) as client:  # type: ignore[no-untyped-call]
                 workers = client.scheduler_info(n_workers=-1)["workers"].values()
     except (OSError, TimeoutError) as exc:
         return [Check(inventory.scheduler.name, "scheduler accepts a client", False, str(exc))]

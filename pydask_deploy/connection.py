@@ -1,0 +1,127 @@
+"""How a client on this machine reaches an inventory's scheduler: address and TLS files.
+
+One answer for every command that talks to the scheduler (``verify``, ``status``,
+``upgrade``, ``client-config``) and for the users (``pydask-deploy client-config``).
+distributed is imported only when a ``Security`` is asked for (it is slow to import).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydask_deploy import pki
+from pydask_deploy.errors import UsageError
+from pydask_deploy.inventory import Inventory
+
+if TYPE_CHECKING:
+    from distributed import Security
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What a client needs: the scheduler's address and, with TLS, the three files.
+
+    The field names are those ``distributed.security.Security`` takes; the files are None
+    when the inventory sets ``dask_tls: false``.
+    """
+
+    address: str
+    tls_ca_file: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    dashboard: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca_file is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "tls_ca_file": _str(self.tls_ca_file),
+            "tls_client_cert": _str(self.tls_client_cert),
+            "tls_client_key": _str(self.tls_client_key),
+            "require_encryption": self.tls,
+            "dashboard": self.dashboard,
+        }
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def tls_enabled(inventory: Inventory) -> bool:
+    """Whether the cluster runs with mutual TLS (``dask_tls``, the same on every host)."""
+    values = {h.name: inventory.dask_vars(h).get("dask_tls", True) for h in inventory.hosts}
+    first = values[inventory.scheduler.name]
+    differ = sorted(name for name, value in values.items() if value != first)
+    if differ:
+        raise UsageError(
+            f"{inventory.path}: `dask_tls` must be the same on every host; it is "
+            f"{first!r} on {inventory.scheduler.name} but not on {', '.join(differ)}"
+        )
+    if not isinstance(first, bool):
+        raise UsageError(f"{inventory.path}: `dask_tls` must be true or false, got {first!r}")
+    return first
+
+
+def _scheduler_host(inventory: Inventory) -> str:
+    """The address clients and workers use: ``dask_scheduler_address``, else ansible_host."""
+    configured = inventory.dask_vars(inventory.scheduler).get("dask_scheduler_address")
+    if isinstance(configured, str) and configured and "{" not in configured:
+        return configured
+    return inventory.scheduler.address
+
+
+def cluster_address(inventory: Inventory) -> str:
+    """The scheduler's address for a client on this machine: ``tls://`` or ``tcp://``."""
+    port = inventory.dask_vars(inventory.scheduler).get("dask_scheduler_port", 8786)
+    scheme = "tls" if tls_enabled(inventory) else "tcp"
+    return f"{scheme}://{_scheduler_host(inventory)}:{port}"
+
+
+def dashboard_url(inventory: Inventory) -> str:
+    """The dashboard's URL: on ``dask_dashboard_address``, else the scheduler's own address."""
+    variables = inventory.dask_vars(inventory.scheduler)
+    host = variables.get("dask_dashboard_address")
+    if not (isinstance(host, str) and host and "{" not in host):
+        listen = variables.get("dask_scheduler_host")
+        ok = isinstance(listen, str) and listen and "{" not in listen
+        host = listen if ok else _scheduler_host(inventory)
+    port = variables.get("dask_dashboard_port", 8787)
+    shown = f"[{host}]" if ":" in str(host) else host
+    return f"http://{shown}:{port}"
+
+
+def client_config(inventory: Inventory) -> ClientConfig:
+    """The address and the client's TLS files; raises ``PkiError`` if apply has not made them."""
+    address = cluster_address(inventory)
+    dashboard = dashboard_url(inventory)
+    if not address.startswith("tls://"):
+        return ClientConfig(address, dashboard=dashboard)
+    directory = pki.pki_dir(inventory)
+    files = (directory / "ca.crt", directory / "client.crt", directory / "client.key")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise pki.PkiError(
+            f"no client certificate for {inventory.path} yet ({', '.join(missing)} missing); "
+            f"`pydask-deploy apply {inventory.path}` makes them"
+        )
+    return ClientConfig(address, *files, dashboard=dashboard)
+
+
+def client_security(inventory: Inventory) -> Security | None:
+    """A ``distributed.Security`` with the client certificate, or None without TLS."""
+    config = client_config(inventory)
+    if not config.tls:
+        return None
+    from distributed import Security
+
+    return Security(  # type: ignore[no-untyped-call]
+        tls_ca_file=str(config.tls_ca_file),
+        tls_client_cert=str(config.tls_client_cert),
+        tls_client_key=str(config.tls_client_key),
+        require_encryption=True,
+    )
