@@ -1,0 +1,36 @@
+"""Remove a Dask cluster from its hosts: what ``pydask-deploy destroy`` runs.
+
+Ansible does the work (``playbooks/destroy.yml``, the roles' ``tasks/destroy.yml``): stop and
+disable the units, remove them, the runtimes, ``dask_config_dir`` and ``dask_data_dir``, and
+optionally the ``dask`` user. A later ``apply`` starts from a clean host. The cluster's
+certificates beside the inventory are kept, so that a later ``apply`` reuses the same CA.
+"""
+
+from __future__ import annotations
+
+from pydask_deploy.inventory import Inventory
+from pydask_deploy.plan import MAX_FORKS, Plan, fast_settings
+from pydask_deploy.resources import playbook_path
+from pydask_deploy.run import OnProgress, RunResult, run_playbook
+
+
+def plan_destroy(
+    inventory: Inventory, *, remove_user: bool = False, limit: str | None = None
+) -> Plan:
+    """The plan of ``pydask-deploy destroy``: ``playbooks/destroy.yml`` on every host."""
+    forks = max(5, min(MAX_FORKS, len(inventory.hosts)))
+    return Plan(
+        inventory=inventory,
+        playbook=playbook_path("destroy.yml"),
+        limit=limit,
+        forks=forks,
+        extravars={"__dask_remove_user": remove_user},
+        settings=fast_settings(forks),
+    )
+
+
+def destroy_cluster(
+    inventory: Inventory, on_progress: OnProgress, *, remove_user: bool = False
+) -> RunResult:
+    """Remove what ``apply`` installed from every host of the inventory (idempotent)."""
+    return run_playbook(plan_destroy(inventory, remove_user=remove_user), on_progress)

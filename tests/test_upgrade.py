@@ -1,0 +1,400 @@
+"""upgrade: batches, --set, and a rolling upgrade on real lab hosts that loses no held key."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import TEST_LAB, cli, ssh
+from distributed import Client, wait
+
+from pydask_deploy import connection
+from pydask_deploy import lab as lab_module
+from pydask_deploy.errors import UsageError
+from pydask_deploy.inventory import load_inventory
+from pydask_deploy.upgrade import (
+    batch_size,
+    edit_inventory_text,
+    parse_setting,
+    plan_batches,
+    prepare_settings,
+)
+
+# --------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize(
+    ("spec", "workers", "size"),
+    [
+        ("1", 3, 1),
+        ("2", 3, 2),
+        ("3", 3, 3),  # a plain count as large as the cluster: the user asked for it
+        ("9", 3, 3),
+        ("25%", 3, 1),  # at least one host
+        ("50%", 10, 5),
+        ("100%", 3, 2),  # a percentage never takes every worker at once
+        ("100%", 1, 1),
+        ("1", 1, 1),
+        (" 10% ", 40, 4),
+    ],
+)
+def test_batch_size(spec: str, workers: int, size: int) -> None:
+    assert batch_size(spec, workers) == size
+
+
+@pytest.mark.parametrize("spec", ["0", "0%", "101%", "-1", "abc", "1.5", "%", ""])
+def test_batch_size_rejects_nonsense(spec: str) -> None:
+    with pytest.raises(UsageError, match="--batch must be"):
+        batch_size(spec, 4)
+
+
+def test_plan_batches_keeps_inventory_order(tmp_path: Path) -> None:
+    inventory = load_inventory(_write(tmp_path / "inv.yml", _INVENTORY))
+    batches = plan_batches(inventory.workers, "2")
+    assert [[h.name for h in b] for b in batches] == [["w1", "w2"], ["w3"]]
+
+
+# --------------------------------------------------------------------------- --set
+
+_INVENTORY = """\
+# the cluster of the lab
+all:
+  vars:
+    ansible_user: root   # lab hosts take root logins
+    # extra packages, one a line
+    dask_python_packages:
+      - scikit-learn
+      - six
+
+    dask_worker_nthreads: 2
+  children:
+    dask_scheduler:
+      hosts:
+        s1: {ansible_host: 10.0.0.1}
+    dask_workers:
+      hosts:
+        w1: {ansible_host: 10.0.0.2}
+        w2: {ansible_host: 10.0.0.3}
+        w3: {ansible_host: 10.0.0.4}
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dask_python_packages=[attrs, six]", ("dask_python_packages", ["attrs", "six"])),
+        ("dask_version='2026.9.0'", ("dask_version", "2026.9.0")),
+        ("dask_worker_nthreads=4", ("dask_worker_nthreads", 4)),
+        ("dask_wheelhouse_download=false", ("dask_wheelhouse_download", False)),
+        ("dask_worker_resources={GPU: 1}", ("dask_worker_resources", {"GPU": 1})),
+    ],
+)
+def test_parse_setting_reads_the_value_as_yaml(text: str, expected: tuple[str, object]) -> None:
+    assert parse_setting(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dask_python_package=[six]", "did you mean `dask_python_packages`"),
+        ("no_equals_sign", "KEY=VALUE"),
+        ("dask_worker_nthreads=eight", "`dask_worker_nthreads` must be"),
+        ("dask_python_packages=[six", "not valid YAML"),
+        ("dask_version=2026.9", "quote it"),
+    ],
+)
+def test_parse_setting_rejects_bad_input(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+        parse_setting(text)
+
+
+def test_edit_keeps_comments_and_replaces_a_block_list() -> None:
+    edited, kept = edit_inventory_text(
+        _INVENTORY, {"dask_python_packages": ["attrs", "six"], "dask_version": "2026.8.0"}
+    )
+    assert kept
+    assert "    dask_python_packages: [attrs, six]\n" in edited
+    assert "      - scikit-learn" not in edited
+    assert "    dask_version: 2026.8.0\n" in edited  # a string to YAML, quotes not needed
+    for comment in ("# the cluster of the lab", "# lab hosts take root logins", "# extra packages"):
+        assert comment in edited
+    data = yaml.safe_load(edited)
+    assert data["all"]["vars"]["dask_worker_nthreads"] == 2
+    assert data["all"]["vars"]["dask_version"] == "2026.8.0"
+    assert data["all"]["children"] == yaml.safe_load(_INVENTORY)["all"]["children"]
+
+
+def test_edit_adds_a_vars_block_when_there_is_none() -> None:
+    text = "all:\n  children:\n    dask_scheduler:\n      hosts: {s1: null}\n"
+    edited, kept = edit_inventory_text(text, {"dask_worker_nthreads": 3})
+    assert kept
+    assert yaml.safe_load(edited)["all"]["vars"] == {"dask_worker_nthreads": 3}
+
+
+def test_edit_falls_back_to_yaml_for_a_flow_style_file() -> None:
+    text = "{all: {vars: {dask_worker_nthreads: 1}, children: {dask_scheduler: {hosts: {s1: }}}}}\n"
+    edited, kept = edit_inventory_text(text, {"dask_worker_nthreads": 3})
+    assert not kept
+    assert yaml.safe_load(edited)["all"]["vars"] == {"dask_worker_nthreads": 3}
+
+
+def test_prepare_settings_validates_without_writing(tmp_path: Path) -> None:
+    path = _write(tmp_path / "inv.yml", _INVENTORY)
+    edit = prepare_settings(path, {"dask_worker_nthreads": 4})
+    assert path.read_text() == _INVENTORY  # nothing written yet
+    assert edit.inventory.path == path
+    assert edit.inventory.dask_vars("w1")["dask_worker_nthreads"] == 4
+    edit.write()
+    assert load_inventory(path).dask_vars("w3")["dask_worker_nthreads"] == 4
+    assert "# lab hosts take root logins" in path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.yml"]  # no temporary left
+
+
+def test_a_setting_overridden_elsewhere_is_refused(tmp_path: Path) -> None:
+    text = _INVENTORY.replace(
+        "w2: {ansible_host: 10.0.0.3}", "w2: {ansible_host: 10.0.0.3, dask_worker_nthreads: 8}"
+    )
+    path = _write(tmp_path / "inv.yml", text)
+    with pytest.raises(UsageError, match="would not take effect on w2"):
+        prepare_settings(path, {"dask_worker_nthreads": 4})
+    assert path.read_text() == text
+
+
+def test_cli_bad_set_exits_2_and_leaves_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "inv.yml", _INVENTORY)
+    for bad in ("dask_no_such_thing=1", "dask_worker_nworkers=0"):
+        result = cli("upgrade", str(path), "--set", bad)
+        assert result.returncode == 2, result.stderr
+        assert "error: --set" in result.stderr
+    result = cli("upgrade", str(path), "--batch", "0")
+    assert result.returncode == 2 and "--batch must be" in result.stderr
+    assert path.read_text() == _INVENTORY
+
+
+# --------------------------------------------------------------------------- on real hosts
+
+UPGRADE_LAB = lab_module.LabConfig(
+    state_dir=Path("/var/lib/pydask-deploy/test-upgrade-lab"),
+    cache_dir=TEST_LAB.cache_dir,
+    bridge="pdtest5",
+    subnet=ipaddress.IPv4Network("10.245.0.0/24"),
+)
+
+
+@dataclass(frozen=True)
+class UpgradeLab:
+    lab: lab_module.Lab
+    inventory: Path
+
+    @property
+    def workers(self) -> list[lab_module.LabHost]:
+        return list(self.lab.hosts[1:])
+
+    def client(self, inventory: Path | None = None) -> Client:
+        loaded = load_inventory(inventory or self.inventory)
+        return Client(  # type: ignore[no-untyped-call]
+            connection.cluster_address(loaded),
+            security=connection.client_security(loaded),
+            timeout=30,
+        )
+
+
+@pytest.fixture(scope="module")
+def upgrade_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpgradeLab]:
+    """Four lab hosts of their own (a scheduler and three workers), converged by one apply."""
+    inventory = tmp_path_factory.mktemp("upgrade") / "upgrade.yml"
+    with lab_module.booted_lab(4, inventory, UPGRADE_LAB) as lab:
+        applied = cli("apply", str(inventory))
+        assert applied.returncode == 0, applied.stderr[-3000:]
+        yield UpgradeLab(lab, inventory)
+
+
+def _copy(inventory: Path, directory: Path) -> Path:
+    """A copy of the inventory with its certificates (found by the file's stem)."""
+    target = directory / inventory.name
+    shutil.copy(inventory, target)
+    pki = inventory.with_name(f"{inventory.stem}-pki")
+    shutil.copytree(pki, directory / pki.name)
+    return target
+
+
+def _wait_for_workers(client: Client, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(client.scheduler_info()["workers"]) != count:
+        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
+        time.sleep(0.25)
+
+
+def _prefixes(client: Client) -> dict[str, str]:
+    """Each worker's runtime: the venv it runs from."""
+    return client.run(lambda: __import__("sys").prefix)  # type: ignore[no-any-return]
+
+
+class _Computing(threading.Thread):
+    """Keeps a computation running against the cluster and checks every result."""
+
+    def __init__(self, client: Client, data: list[Any]) -> None:
+        super().__init__(daemon=True)
+        self.client, self.data = client, data
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            offset = self.rounds
+            try:
+                futures = self.client.map(
+                    lambda x, k: (__import__("time").sleep(0.02), x + k)[1],
+                    self.data,
+                    [offset] * len(self.data),
+                    pure=False,
+                )
+                got = self.client.gather(futures)
+            except Exception as exc:  # any failure is the finding
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            if got != [x + offset for x in range(len(self.data))]:
+                self.errors.append(f"round {offset}: wrong results")
+                return
+            self.rounds += 1
+
+
+@pytest.mark.lab
+def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
+    upgrade_lab: UpgradeLab,
+) -> None:
+    inventory = upgrade_lab.inventory
+    workers = upgrade_lab.workers
+    with upgrade_lab.client() as client:
+        _wait_for_workers(client, len(workers))
+        before = _prefixes(client)
+        assert len(set(before.values())) == 1
+        data = client.scatter(list(range(300)))
+        squares = client.map(lambda x: x * x, data)
+        wait(squares)
+        held_futures = [*data, *squares]
+        held = {f.key for f in held_futures}
+        assert {k for k, v in client.who_has(held_futures).items() if v} == held
+        computing = _Computing(client, data)
+        computing.start()
+        started = time.monotonic()
+        result = cli(
+            "upgrade", str(inventory), "--batch", "1",
+            "--set", "dask_python_packages=[six]", "--json",
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        computing.stop.set()
+        computing.join(timeout=120)
+        assert result.returncode == 0, result.stderr[-4000:]
+        report = json.loads(result.stdout)
+        print(f"\nupgrade of {len(workers)} workers in {seconds:.1f} s; per batch:")
+        for batch in report["batches"]:
+            print(f"  batch {batch['batch']} {batch['hosts']}: {batch['seconds']} s")
+        print(f"computation rounds during the upgrade: {computing.rounds}")
+        print("\n".join(line for line in result.stderr.splitlines() if line.startswith("==>")))
+
+        # every batch went through retire -> restart -> registered, one host each
+        assert [b["hosts"] for b in report["batches"]] == [[w.name] for w in workers]
+        assert {b["outcome"] for b in report["batches"]} == {"upgraded"}
+        assert all(b["retired"] and b["registered"] for b in report["batches"]), report
+        assert report["scheduler"] == "staged" and report["ok"] is True
+        assert "dask_python_packages: [six]" in inventory.read_text()
+        assert "batch 3/3 done" in result.stderr
+
+        # no held key lost, every future right, the computation never broke
+        assert not computing.errors, computing.errors
+        assert computing.rounds >= 1
+        assert all(f.status == "finished" for f in [*data, *squares])
+        holders = client.who_has(held_futures)
+        assert {k for k, v in holders.items() if v} == held
+        assert client.gather(squares) == [x * x for x in range(300)]
+        print(f"held keys before: {len(held)}, after: {sum(1 for v in holders.values() if v)}")
+
+        # every worker runs the new runtime
+        after = _prefixes(client)
+        assert len(after) == len(workers) and len(set(after.values())) == 1
+        assert set(after.values()) != set(before.values())
+
+        # the same held data through a plain `systemctl restart`, host after host: lost
+        lost_data = client.scatter(list(range(300)))
+        lost_squares = client.map(lambda x: x * x, lost_data)
+        wait(lost_squares)
+        plain_futures = [*lost_data, *lost_squares]
+        for worker in workers:
+            ssh(upgrade_lab.lab, worker.name, "systemctl restart dask-worker")
+            time.sleep(0.5)
+            _wait_for_workers(client, len(workers))
+        time.sleep(2)
+        # the scheduler forgets data it cannot recompute: those futures are no longer finished
+        lost = [f for f in plain_futures if f.status != "finished"]
+        print(
+            f"plain restart: {len(lost)} of {len(plain_futures)} held keys lost "
+            f"({sorted({f.status for f in lost})})"
+        )
+        assert lost
+
+    # the change is recorded: the next apply of the inventory changes nothing
+    applied = cli("apply", str(inventory), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert json.loads(applied.stdout)["changed"] is False
+
+
+@pytest.mark.lab
+def test_a_failing_batch_stops_and_the_rest_keep_serving(
+    upgrade_lab: UpgradeLab, tmp_path: Path
+) -> None:
+    inventory = _copy(upgrade_lab.inventory, tmp_path)
+    first = upgrade_lab.workers[0]
+    unit_before = ssh(upgrade_lab.lab, first.name, "systemctl cat dask-worker")
+    with upgrade_lab.client(inventory) as client:
+        _wait_for_workers(client, len(upgrade_lab.workers))
+        before = _prefixes(client)
+        result = cli(
+            "upgrade", str(inventory), "--batch", "1", "--json",
+            # a package that is not in the wheelhouse, and no download to find it
+            "--set", "dask_python_packages=[six, pydask-deploy-no-such-package]",
+            "--set", "dask_wheelhouse_download=false",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        assert report["ok"] is False
+        assert [b["outcome"] for b in report["batches"]] == ["failed"]
+        assert report["batches"][0]["hosts"] == [first.name]
+        assert "staging failed" in report["error"]
+        assert report["pending"] == [w.name for w in upgrade_lab.workers[1:]]
+        assert f"resume with `pydask-deploy upgrade {inventory}" in result.stderr
+        # nobody was retired or restarted: same workers, same runtime, still computing
+        assert _prefixes(client) == before
+        futures = client.map(lambda x: x + 1, range(50))
+        assert client.gather(futures) == list(range(1, 51))
+    assert ssh(upgrade_lab.lab, first.name, "systemctl cat dask-worker") == unit_before
+
+
+@pytest.mark.lab
+def test_a_version_change_needs_restart_scheduler(upgrade_lab: UpgradeLab, tmp_path: Path) -> None:
+    inventory = _copy(upgrade_lab.inventory, tmp_path)
+    text = inventory.read_text()
+    started = time.monotonic()
+    result = cli("upgrade", str(inventory), "--set", "dask_version='2026.7.0'")
+    assert result.returncode == 2, result.stderr
+    assert "the scheduler runs distributed 2026.8.0" in result.stderr
+    assert "--restart-scheduler" in result.stderr and "lost" in result.stderr
+    assert "PLAY" not in result.stderr and "Converge" not in result.stderr
+    assert inventory.read_text() == text
+    assert time.monotonic() - started < 30
+    assert yaml.safe_load(text)  # still the original, valid YAML
