@@ -254,13 +254,35 @@ def apply_command(
     the roles with Ansible. Safe to run again: a converged cluster reports 0 changed.
     Exit 1 when a host failed or was unreachable; the others still converge.
     """
+    from pydask_deploy import connection
+    from pydask_deploy import pki as pki_module
+
     inventory = inventory_module.load_inventory(inventory_file)
-    plan = plan_module.plan_apply(inventory, check=check, diff=diff, limit=limit)
     mode = " (check mode: nothing will change)" if check else ""
     _say(f"apply {inventory_file}: {len(inventory.hosts)} host(s){mode}")
+    warnings: list[str] = []
+    pki = None
+    if connection.tls_enabled(inventory):
+        pki = pki_module.ensure_pki(inventory, write=not check)
+        _say(f"tls: {pki.summary(check)}")
+        warnings += pki.warnings
+    else:
+        warnings.append(
+            f"dask_tls is false: anyone who reaches {connection.cluster_address(inventory)} "
+            "can run code as the dask user on every worker; remove `dask_tls: false` to "
+            "turn mutual TLS back on"
+        )
+    for warning in warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    plan = plan_module.plan_apply(inventory, check=check, diff=diff, limit=limit, pki=pki)
     result = run_module.run_playbook(plan, _ProgressPrinter(show_diff=diff))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        document = result.to_json()
+        document["warnings"] = warnings
+        document["certificates_issued"] = [
+            {"name": i.name, "reason": i.reason} for i in (pki.issued if pki else ())
+        ]
+        click.echo(json.dumps(document, indent=2))
     else:
         _print_run(result)
     verb = "would change" if check else "changed"
@@ -307,3 +329,329 @@ def verify_command(inventory_file: str, as_json: bool) -> None:
         click.secho(summary, fg="green" if not failed else "red", bold=True)
     if not report.passed:
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _status_frame(status: Any, color: bool) -> str:
+    """The table, notes and the one-line verdict of one status round."""
+    from pydask_deploy import status as status_module
+
+    lines = status_module.render_table(status_module.table_rows(status))
+    lines += [f"note: this client runs {skew}" for skew in status.client_skew]
+    if status.strangers:
+        lines.append(
+            f"note: {len(status.strangers)} registered worker(s) from hosts not in "
+            f"{status.inventory}"
+        )
+    verdict = status.verdict
+    if color:
+        verdict = click.style(verdict, fg="green" if status.healthy else "red", bold=True)
+    return "\n".join([*lines, verdict])
+
+
+@main.command("status")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option(
+    "--watch",
+    "watching",
+    is_flag=True,
+    help="Redraw until Ctrl-C; exit with the last round's code. "
+    "With --json, one JSON document a line per round.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between rounds with --watch.",
+)
+@reports_errors
+def status_command(inventory_file: str, as_json: bool, watching: bool, interval: float) -> None:
+    """Show the cluster of INVENTORY at a glance (exit 0 healthy, 1 not).
+
+    One SSH round to every host (unit state, since when, restarts, runtime, ports) and one
+    query to the scheduler (workers registered per host, memory, tasks, version skew), both
+    at once. Healthy: the scheduler runs and answers, each worker host has its
+    `dask_worker_nworkers` workers registered, and scheduler and workers run the same versions.
+    """
+    import contextlib
+    import time
+
+    from pydask_deploy import status as status_module
+
+    inventory = inventory_module.load_inventory(inventory_file)
+    tty = sys.stdout.isatty()
+    codes: list[int] = []
+    watch = interval if watching else None
+
+    def show(status: status_module.ClusterStatus) -> None:
+        codes.append(0 if status.healthy else 1)
+        if as_json:
+            click.echo(json.dumps(status.to_json(), indent=None if watch else 2))
+            return
+        frame = _status_frame(status, color=tty)
+        if watch is not None:
+            stamp = time.strftime("%H:%M:%S")
+            frame = f"every {watch:g} s: pydask-deploy status {inventory_file}  {stamp}\n\n{frame}"
+            if tty:  # home the cursor and clear the screen, then draw in one write
+                frame = "\x1b[H\x1b[2J" + frame
+        click.echo(frame)
+        sys.stdout.flush()
+
+    if watch is None:
+        show(status_module.collect_status(inventory))
+    else:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch; not an error
+            status_module.watch_status(inventory, watch, show)
+    sys.exit(codes[-1] if codes else 1)
+
+
+# --------------------------------------------------------------------------- logs
+
+_HOST_COLOURS = ("cyan", "magenta", "yellow", "blue", "green", "bright_cyan", "bright_magenta")
+
+
+@main.command("logs")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.argument("hosts", nargs=-1, metavar="[HOST ...]")
+@click.option("-f", "--follow", is_flag=True, help="Keep showing new lines as they arrive.")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only lines since WHEN, as journalctl reads it ('2026-01-31 12:00', '-1h', 'today').",
+)
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Show the last LINES lines (default: 200 without --since; with --follow, 10 a host).",
+)
+@reports_errors
+def logs_command(
+    inventory_file: str, hosts: tuple[str, ...], follow: bool, since: str | None, lines: int | None
+) -> None:
+    """Show the journal of the dask units from all hosts of INVENTORY, or the named HOSTs.
+
+    Lines from every host are merged in time order, each prefixed with its host name.
+    Exit 1 when a host could not be read (named on stderr); 2 for an unknown host name.
+    """
+    import contextlib
+
+    from pydask_deploy import logs as logs_module
+
+    inventory = inventory_module.load_inventory(inventory_file)
+    chosen = logs_module.select_hosts(inventory, hosts)
+    width = max(len(h.name) for h in chosen)
+    colour = {h.name: _HOST_COLOURS[i % len(_HOST_COLOURS)] for i, h in enumerate(chosen)}
+
+    def emit(line: logs_module.LogLine) -> None:
+        click.echo(f"{click.style(line.host.ljust(width), fg=colour[line.host])} | {line.text}")
+
+    failed: list[str] = []
+
+    def report(host: str, reason: str) -> None:
+        failed.append(host)
+        click.secho(f"{host}: {reason}", fg="red", err=True)
+
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow; not an error
+            logs_module.follow_logs(inventory, chosen, emit, report, since=since, lines=lines)
+    else:
+        result = logs_module.read_logs(inventory, chosen, since=since, lines=lines)
+        for host, note in result.notes:
+            click.echo(f"{host}: {note}", err=True)
+        for host, reason in result.failures.items():
+            report(host, reason)
+        for line in result.lines:
+            emit(line)
+    if failed:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- client-config
+
+
+@main.command("client-config")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def client_config_command(inventory_file: str, as_json: bool) -> None:
+    """Show how to connect a Dask client to the cluster of INVENTORY.
+
+    The scheduler's address and the client certificate, CA and key that `apply` made
+    (paths on this machine). With --json: `address`, `tls_ca_file`, `tls_client_cert`,
+    `tls_client_key` and `require_encryption`, as distributed.Security takes them, and the
+    `dashboard` URL. Exit 1 when `apply` has not made the certificates yet.
+    """
+    from pydask_deploy import connection
+
+    inventory = inventory_module.load_inventory(inventory_file)
+    config = connection.client_config(inventory)
+    if as_json:
+        click.echo(json.dumps(config.to_json(), indent=2))
+        return
+    scheduler = inventory.scheduler
+    login = f"{scheduler.user}@{scheduler.address}" if scheduler.user else scheduler.address
+    port = config.dashboard.rsplit(":", 1)[-1]
+    target = config.dashboard.removeprefix("http://")
+    tunnel = f"ssh -N -L {port}:{target} {login}"
+    if not config.tls:
+        click.echo(f"# {inventory_file} runs without TLS (dask_tls: false)")
+        click.echo("from distributed import Client")
+        click.echo(f"client = Client({config.address!r})")
+    else:
+        click.echo(f"# dask config, e.g. ~/.config/dask/{Path(inventory_file).stem}.yaml")
+        click.echo("distributed:")
+        click.echo("  comm:")
+        click.echo("    require-encryption: true")
+        click.echo("    tls:")
+        click.echo(f"      ca-file: {config.tls_ca_file}")
+        click.echo("      client:")
+        click.echo(f"        cert: {config.tls_client_cert}")
+        click.echo(f"        key: {config.tls_client_key}")
+        click.echo("")
+        click.echo("# or in Python, without the config file:")
+        click.echo("from distributed import Client, Security")
+        click.echo(
+            f"client = Client({config.address!r}, security=Security("
+            f"tls_ca_file={str(config.tls_ca_file)!r}, "
+            f"tls_client_cert={str(config.tls_client_cert)!r}, "
+            f"tls_client_key={str(config.tls_client_key)!r}, require_encryption=True))"
+        )
+    click.echo("")
+    click.echo(f"# dashboard: {config.dashboard}/status; from another machine, forward it:")
+    click.echo(f"#   {tunnel}   then open http://localhost:{port}/status")
+
+
+# --------------------------------------------------------------------------- upgrade
+
+
+@main.command("upgrade")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option(
+    "--batch",
+    default="25%",
+    show_default=True,
+    metavar="N|N%",
+    help="Worker hosts per batch: a count or a percentage of the workers (at least 1; a "
+    "percentage never takes every worker at once).",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Record a dask_* variable in the inventory's all.vars first (VALUE is YAML, e.g. "
+    "dask_python_packages='[scikit-learn, six]'). Repeatable.",
+)
+@click.option(
+    "--restart-scheduler",
+    is_flag=True,
+    help="Allow a change of dask_version: stage everywhere, then restart the scheduler and "
+    "every worker together (results held in memory are lost).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def upgrade_command(
+    inventory_file: str,
+    batch: str,
+    assignments: tuple[str, ...],
+    restart_scheduler: bool,
+    as_json: bool,
+) -> None:
+    """Roll a change of runtime or worker options through the workers of INVENTORY.
+
+    Batch by batch: stage the new runtime while the old one serves, retire the batch's
+    workers through the scheduler (their data moves to the other workers), let the units
+    restart into the new runtime, wait until they are registered and compute. Stops at the
+    first failing batch (exit 1; the remaining workers are untouched and serving); running
+    the same command again resumes. Exit 2 for bad input or a dask_version change without
+    --restart-scheduler; nothing was changed then, the inventory file included.
+    """
+    from pydask_deploy import upgrade as upgrade_module
+
+    settings = dict(upgrade_module.parse_setting(a) for a in assignments)
+    result = upgrade_module.rolling_upgrade(
+        inventory_file,
+        settings=settings,
+        batch=batch,
+        restart_scheduler=restart_scheduler,
+        say=_say,
+        on_progress=_ProgressPrinter(show_diff=False),
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"\n{'BATCH':<6} {'OUTCOME':<9} {'SECONDS':>8}  HOSTS")
+        for b in result.batches:
+            colour = "red" if b.outcome == "failed" else None
+            line = f"{b.index:<6} {b.outcome:<9} {b.seconds:>8.1f}  {', '.join(b.hosts)}"
+            click.secho(line, fg=colour)
+        if result.pending:
+            click.echo(f"{'-':<6} {'pending':<9} {'':>8}  {', '.join(result.pending)}")
+        click.echo(f"scheduler host: {result.scheduler}")
+    if result.ok:
+        _say(
+            f"upgrade done in {result.seconds:.1f} s; the change is recorded in "
+            f"{inventory_file}, so `pydask-deploy apply {inventory_file}` changes nothing"
+        )
+        return
+    _say(f"upgrade stopped: {result.error}")
+    if result.pending:
+        _say(f"not touched, still serving on the old runtime: {', '.join(result.pending)}")
+    _say(f"fix the cause, then resume with `{result.resume}`")
+    sys.exit(1)
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+@main.command("destroy")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--remove-user", is_flag=True, help="Also remove the dask user and group.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def destroy_command(inventory_file: str, yes: bool, remove_user: bool, as_json: bool) -> None:
+    """Stop the cluster of INVENTORY and remove what apply installed on its hosts.
+
+    Stops and disables the units and removes them, the runtimes, dask_config_dir (TLS files
+    included) and dask_data_dir (spilled data included); with --remove-user the dask user
+    and group too. The certificates beside the inventory are kept. A later `apply` starts
+    clean. Asks first unless --yes (exit 2 without a terminal to ask on). Exit 1 when a host
+    failed or was unreachable.
+    """
+    from pydask_deploy import destroy as destroy_module
+    from pydask_deploy.errors import UsageError
+
+    inventory = inventory_module.load_inventory(inventory_file)
+    names = ", ".join(h.name for h in inventory.hosts)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"destroy removes the Dask cluster on {names}; pass --yes to confirm")
+        click.confirm(
+            f"Remove the Dask cluster (units, runtimes, config, data) from {names}?",
+            abort=True,
+            err=True,
+        )
+    _say(f"destroy {inventory_file}: {len(inventory.hosts)} host(s)")
+    result = destroy_module.destroy_cluster(
+        inventory, _ProgressPrinter(show_diff=False), remove_user=remove_user
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_run(result)
+    if not result.succeeded:
+        failed = ", ".join(h.name for h in result.failed_hosts)
+        _say(f"failed on {failed}; run `pydask-deploy destroy {inventory_file} --yes` again")
+        sys.exit(1)
+    _say(
+        f"{len(result.hosts)} host(s) clean, {result.changed} task(s) changed "
+        f"in {result.seconds:.1f} s; `pydask-deploy apply {inventory_file}` starts afresh"
+    )

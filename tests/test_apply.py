@@ -3,79 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from distributed import Client, get_task_stream
-
-from pydask_deploy import lab as lab_module
+from conftest import Cluster, cli, edit_inventory, ssh, wait_for_workers
+from distributed import get_task_stream
 
 pytestmark = pytest.mark.lab
-
-
-def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pydask_deploy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ssh(lab: lab_module.Lab, host: str, command: str) -> str:
-    argv = lab_module.ssh_command(lab.config, host, [command])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
-    return done.stdout
-
-
-def edit_inventory(source: Path, target: Path, **all_vars: Any) -> Path:
-    data = yaml.safe_load(source.read_text())
-    data["all"]["vars"].update(all_vars)
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
-@dataclass(frozen=True)
-class Cluster:
-    lab: lab_module.Lab
-    inventory: Path
-    first_apply: dict[str, Any]
-
-    @property
-    def address(self) -> str:
-        return f"tcp://{self.lab.hosts[0].address}:8786"
-
-    def client(self) -> Client:
-        return Client(self.address, timeout=30)  # type: ignore[no-untyped-call]
-
-
-def wait_for_workers(client: Client, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.scheduler_info()["workers"]) != count:
-        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
-        time.sleep(0.25)
-
-
-@pytest.fixture(scope="session")
-def cluster(
-    lab: lab_module.Lab, lab_inventory: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Cluster:
-    """The session lab converged by one cold apply, with scikit-learn for the user's workload."""
-    inventory = edit_inventory(
-        lab_inventory,
-        tmp_path_factory.mktemp("cluster") / "cluster.yml",
-        dask_python_packages=["scikit-learn"],
-    )
-    applied = cli("apply", str(inventory), "--json")
-    assert applied.returncode == 0, applied.stderr[-3000:]
-    return Cluster(lab, inventory, json.loads(applied.stdout))
 
 
 def test_cold_apply_changes_every_host(cluster: Cluster) -> None:
