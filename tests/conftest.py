@@ -26,7 +26,8 @@ from pydask_deploy.inventory import load_inventory
 # The tests' lab lives beside a user's lab, never on top of it.
 TEST_LAB = lab_module.LabConfig(
     state_dir=Path("/var/lib/pydask-deploy/test-lab"),
-    cache_dir=lab_module.LabConfig().cache_dir,  # share the cached rootfs and key
+    # share the cached rootfs, key and wheelhouse with the user's lab, unless told otherwise
+    cache_dir=Path(os.environ.get("PYDASK_LAB_CACHE", lab_module.LabConfig().cache_dir)),
     bridge="pdtest0",
     subnet=ipaddress.IPv4Network("10.233.0.0/24"),
 )

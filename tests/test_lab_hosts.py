@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ansible_runner
 import pytest
+from conftest import TEST_LAB
 
 from pydask_deploy import lab as lab_module
 
@@ -118,6 +119,7 @@ def spare_lab(tmp_path: Path) -> Iterator[lab_module.LabConfig]:
     """A second lab configuration beside the session's, cleaned up whatever happens."""
     config = lab_module.LabConfig(
         state_dir=tmp_path / "state",
+        cache_dir=TEST_LAB.cache_dir,
         bridge="pdtest1",
         subnet=ipaddress.IPv4Network("10.234.0.0/24"),
     )
