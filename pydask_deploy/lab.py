@@ -323,21 +323,13 @@ def running_hosts(lab: Lab) -> list[LabHost]:
 def ensure_key(config: LabConfig) -> Path:
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     if not config.key_path.exists():
-        _run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "pydask-lab",
-                "-f",
-                str(config.key_path),
-            ]
-        )
+        _make_key(config.key_path, "pydask-lab")
     return config.key_path
+
+
+def _make_key(path: Path, comment: str) -> None:
+    """A fresh ed25519 key pair without a passphrase at ``path`` (and ``path``.pub)."""
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
 
 
 def _apt_sources() -> str:
@@ -517,20 +509,7 @@ def _prepare_host(config: LabConfig, index: int, count: int, docker: bool) -> Pa
     keys = root / "etc/ssh"
     for old in keys.glob("ssh_host_*"):
         old.unlink()
-    _run(
-        [
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            name,
-            "-f",
-            str(keys / "ssh_host_ed25519_key"),
-        ]
-    )
+    _make_key(keys / "ssh_host_ed25519_key", name)
     network = root / "etc/systemd/network"
     network.mkdir(parents=True, exist_ok=True)
     # LinkLocalAddressing/IPv6AcceptRA off: otherwise network-online waits 13 s per boot.
