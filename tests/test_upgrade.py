@@ -274,6 +274,31 @@ class _Computing(threading.Thread):
             self.rounds += 1
 
 
+class _StatusWatcher(threading.Thread):
+    """Runs `status --json` round after round while an upgrade goes on."""
+
+    def __init__(self, inventory: Path) -> None:
+        super().__init__(daemon=True)
+        self.inventory = inventory
+        self.stop = threading.Event()
+        self.documents: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            done = cli("status", str(self.inventory), "--json", timeout=60)
+            self.documents.append(json.loads(done.stdout))
+
+
+def _worker_runtimes(document: dict[str, Any]) -> set[str]:
+    return {
+        unit["runtime"]
+        for host in document["hosts"]
+        if "worker" in host["roles"]
+        for unit in host["units"]
+        if unit["unit"] == "dask-worker"
+    }
+
+
 @pytest.mark.lab
 def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
     upgrade_lab: UpgradeLab,
@@ -290,8 +315,13 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         held_futures = [*data, *squares]
         held = {f.key for f in held_futures}
         assert {k for k, v in client.who_has(held_futures).items() if v} == held
+        status_before = json.loads(cli("status", str(inventory), "--json").stdout)
+        assert status_before["ok"] is True, status_before["verdict"]
+        assert len(_worker_runtimes(status_before)) == 1
         computing = _Computing(client, data)
         computing.start()
+        watcher = _StatusWatcher(inventory)
+        watcher.start()
         started = time.monotonic()
         result = cli(
             "upgrade", str(inventory), "--batch", "1",
@@ -299,7 +329,9 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         )  # fmt: skip
         seconds = time.monotonic() - started
         computing.stop.set()
+        watcher.stop.set()
         computing.join(timeout=120)
+        watcher.join(timeout=120)
         assert result.returncode == 0, result.stderr[-4000:]
         report = json.loads(result.stdout)
         print(f"\nupgrade of {len(workers)} workers in {seconds:.1f} s; per batch:")
@@ -324,6 +356,17 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         assert {k for k, v in holders.items() if v} == held
         assert client.gather(squares) == [x * x for x in range(300)]
         print(f"held keys before: {len(held)}, after: {sum(1 for v in holders.values() if v)}")
+
+        # status saw the rollout: a mixed or unhealthy round while batches moved, then healthy
+        # with every worker host on one new runtime
+        during = watcher.documents
+        mixed = [d for d in during if not d["ok"] or len(_worker_runtimes(d)) > 1]
+        assert mixed, [(d["ok"], sorted(_worker_runtimes(d))) for d in during]
+        status_after = json.loads(cli("status", str(inventory), "--json").stdout)
+        assert status_after["ok"] is True, status_after["verdict"]
+        assert len(_worker_runtimes(status_after)) == 1
+        assert _worker_runtimes(status_after) != _worker_runtimes(status_before)
+        print(f"status rounds during the upgrade: {len(during)}, mixed or unhealthy: {len(mixed)}")
 
         # every worker runs the new runtime
         after = _prefixes(client)
