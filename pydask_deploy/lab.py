@@ -412,7 +412,7 @@ def ensure_docker_layer(config: LabConfig, say: Say) -> None:
     wanted = " ".join(DOCKER_LAYER_PACKAGES)
     if stamp.exists() and stamp.read_text() == wanted:
         return
-    say("building the Docker package layer for --docker hosts (once, ~1 min)")
+    say("building the Docker package layer for --docker hosts (once)")
     if layer.exists():
         shutil.rmtree(layer)
     upper, work, merged = layer / "upper", layer / "work", layer / "merged"

@@ -4,6 +4,8 @@ In a wheel, ``roles/`` and ``playbooks/`` are installed as ``pydask_deploy/_ansi
 source checkout (editable install) they sit at the top of the tree.
 """
 
+import os
+import sys
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -25,3 +27,12 @@ def playbook_path(name: str) -> Path:
 def roles_path() -> Path:
     """Return the directory holding the shipped roles."""
     return ansible_dir() / "roles"
+
+
+def path_with_ansible() -> str:
+    """``$PATH`` with this interpreter's bin directory first, where ansible-core's
+    executables (``ansible-playbook``, ``ansible-inventory``) are installed; a virtualenv's
+    bin directory is often not on ``$PATH``."""
+    tools = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return path if path.split(os.pathsep)[0] == tools else f"{tools}{os.pathsep}{path}"

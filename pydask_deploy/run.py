@@ -5,18 +5,16 @@ This is the one module that starts Ansible.
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ansible_runner
 
 from pydask_deploy.plan import Plan
+from pydask_deploy.resources import path_with_ansible
 
 
 @dataclass(frozen=True)
@@ -143,8 +141,7 @@ def _message(result: Mapping[str, Any]) -> str:
 def run_playbook(plan: Plan, on_progress: OnProgress) -> RunResult:
     """Run the plan's playbook and return the per-host result (never raises for host failures)."""
     collector = _Collector(on_progress)
-    # The ansible executables sit beside this interpreter, which may not be on PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = path_with_ansible()
     cmdline = []
     if plan.check:
         cmdline.append("--check")

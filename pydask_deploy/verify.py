@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +16,6 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import testinfra
@@ -25,6 +23,7 @@ import testinfra
 from pydask_deploy import connection
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.pki import PkiError
+from pydask_deploy.resources import path_with_ansible
 
 SCHEDULER_UNIT = "dask-scheduler"
 WORKER_UNIT = "dask-worker"
@@ -183,7 +182,7 @@ def _registration_checks(inventory: Inventory, addresses: dict[str, set[str]]) -
 def verify_cluster(inventory: Inventory) -> VerifyReport:
     """Run every check against the inventory's hosts and its scheduler."""
     # testinfra's Ansible backend calls ansible-inventory, which sits beside this interpreter
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = path_with_ansible()
     hosts = inventory.hosts
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
         results = list(pool.map(lambda h: _host_checks(inventory, h), hosts))

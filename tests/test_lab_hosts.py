@@ -16,6 +16,7 @@ import pytest
 from conftest import TEST_LAB
 
 from pydask_deploy import lab as lab_module
+from pydask_deploy.resources import path_with_ansible
 
 pytestmark = pytest.mark.lab
 
@@ -88,8 +89,7 @@ def test_written_inventory_works_with_ansible_ping(
         host_pattern="all",
         module="ping",
         quiet=True,
-        # the ansible executables sit beside this interpreter, which may not be on PATH
-        envvars={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        envvars={"PATH": path_with_ansible()},
     )
     assert result.status == "successful", result.stdout.read()
     assert sorted(result.stats["ok"]) == sorted(h.name for h in lab.hosts)
