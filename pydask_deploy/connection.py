@@ -7,12 +7,15 @@ distributed is imported only when a ``Security`` is asked for (it is slow to imp
 
 from __future__ import annotations
 
+import contextlib
+import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydask_deploy import pki
-from pydask_deploy.errors import UsageError
+from pydask_deploy import pki, remote
+from pydask_deploy.errors import DeployError, UsageError
 from pydask_deploy.inventory import Inventory
 
 if TYPE_CHECKING:
@@ -48,6 +51,10 @@ class ClientConfig:
         }
 
 
+class SchedulerUnreachable(DeployError, OSError):
+    """The way to the scheduler (an SSH port forward through the jump host) cannot be opened."""
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -80,6 +87,68 @@ def cluster_address(inventory: Inventory) -> str:
     port = inventory.dask_vars(inventory.scheduler).get("dask_scheduler_port", 8786)
     scheme = "tls" if tls_enabled(inventory) else "tcp"
     return f"{scheme}://{_scheduler_host(inventory)}:{port}"
+
+
+@contextlib.contextmanager
+def scheduler_route(inventory: Inventory) -> Iterator[str]:
+    """The address this machine dials to reach the scheduler, open for the ``with`` block.
+
+    Hosts reached through a jump host (login node, bastion) usually keep their Dask ports
+    closed to the outside, so then the scheduler port is forwarded over SSH to the scheduler
+    host and the address is a loopback one; otherwise it is ``cluster_address``. Raises
+    ``SchedulerUnreachable`` when the forward cannot be opened.
+    """
+    address = cluster_address(inventory)
+    target = remote.ssh_target(inventory.scheduler)
+    if target.jump is None:
+        yield address
+        return
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    forward = remote.PortForward(target, host.strip("[]"), int(port))
+    try:
+        local = forward.__enter__()
+    except (OSError, TimeoutError, remote.SSHError) as exc:
+        raise SchedulerUnreachable(
+            f"cannot forward {address} through {target.jump.address}: "
+            f"{remote.describe_error(exc, target.connect_timeout)}"
+        ) from None
+    try:
+        yield f"{scheme}://127.0.0.1:{local}"
+    finally:
+        forward.__exit__()
+
+
+def jump_host(inventory: Inventory) -> str | None:
+    """The jump host in front of the scheduler host (``user@host:port``), or None."""
+    jump = remote.ssh_target(inventory.scheduler).jump
+    if jump is None:
+        return None
+    user = f"{jump.user}@" if jump.user else ""
+    return f"{user}{jump.address}" + (f":{jump.port}" if jump.port != 22 else "")
+
+
+def ssh_forward_command(inventory: Inventory, local_port: int, url: str) -> str:
+    """The ``ssh -N -L`` command a user runs to reach ``url`` (on the scheduler host's side)
+    from ``localhost:local_port``, through the jump host when there is one."""
+    target = remote.ssh_target(inventory.scheduler)
+    where = url.split("://", 1)[-1].rstrip("/")
+    words = ["ssh", "-N"]
+    hops: list[str] = []
+    jump = target.jump
+    while jump is not None:
+        user = f"{jump.user}@" if jump.user else ""
+        hops.insert(0, f"{user}{jump.address}" + (f":{jump.port}" if jump.port != 22 else ""))
+        jump = jump.jump
+    if hops:
+        words += ["-J", ",".join(hops)]
+    if target.key_file:
+        words += ["-i", target.key_file]
+    if target.port != 22:
+        words += ["-p", str(target.port)]
+    words += ["-L", f"{local_port}:{where}"]
+    words.append(f"{target.user}@{target.address}" if target.user else target.address)
+    return shlex.join(words)
 
 
 def dashboard_url(inventory: Inventory) -> str:

@@ -6,8 +6,11 @@ This module only reads; every change on a host is an Ansible task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shlex
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +99,9 @@ class SSHTarget:
     ``StrictHostKeyChecking=no``, ``UserKnownHostsFile=/dev/null`` or
     ``ansible_host_key_checking: false``); otherwise ``~/.ssh/known_hosts`` is used.
     ``user`` None lets SSH decide (``~/.ssh/config``, else the local user), as ``ssh`` does.
+    ``jump`` is the host the connection goes through (``ProxyJump`` or an ``ssh -W``
+    ``ProxyCommand``), itself possibly behind another. ``sudo`` runs commands through
+    ``sudo -n``: the inventory logs in as a user other than root and asks for become.
     """
 
     address: str
@@ -104,7 +110,12 @@ class SSHTarget:
     key_file: str | None = None
     check_host_keys: bool = True
     connect_timeout: float = 5.0
-    jump: str | None = None
+    jump: SSHTarget | None = None
+    sudo: bool = False
+
+    def command(self, command: str) -> str:
+        """``command`` as this host runs it: through ``sudo -n`` when the target asks for it."""
+        return f"sudo -n {command}" if self.sudo else command
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,56 @@ class Unreachable:
 
 
 HostResult = CommandResult | Unreachable
+SSHError = asyncssh.Error  # for callers that catch what a port forward raises
 _FALSE = {"no", "false", "0", "off"}
+
+
+_JUMP = re.compile(
+    r"^(?:(?P<user>[a-z_][a-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9a-fA-F:]+\])(?::(?P<port>\d{1,5}))?$"
+)
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A jump host (login node, bastion) written ``[user@]host[:port]``."""
+
+    host: str
+    user: str | None = None
+    port: int = 22
+
+    @classmethod
+    def parse(cls, spec: str) -> Jump:
+        """Read ``[user@]host[:port]``; ValueError naming the problem when it is not that."""
+        found = _JUMP.match(spec.strip())
+        if not found:
+            raise ValueError(f"a jump host is written [user@]host[:port], got {spec!r}")
+        port = int(found["port"] or 22)
+        if not 0 < port < 65536:
+            raise ValueError(f"the jump host port must be 1-65535, got {port}")
+        return cls(found["host"].strip("[]"), found["user"], port)
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port != 22 else ""
+        return f"{user}{self.host}{port}"
+
+
+def jump_ssh_args(jump: Jump, key_file: str | None = None, check_host_keys: bool = True) -> str:
+    """The ``ansible_ssh_common_args`` value that reaches a host through ``jump``.
+
+    A ``ProxyCommand`` rather than ``ProxyJump``: options given on ssh's command line (the
+    key, host key checking) do not apply to a ProxyJump hop, so a key kept outside
+    ``~/.ssh`` would not be offered to the jump host. ``ssh_target`` reads it back.
+    """
+    words = ["ssh", "-W", "%h:%p", "-q"]
+    if key_file:
+        words += ["-i", key_file]
+    if not check_host_keys:
+        words += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    if jump.port != 22:
+        words += ["-p", str(jump.port)]
+    words.append(f"{jump.user}@{jump.host}" if jump.user else jump.host)
+    return f"-o ProxyCommand={shlex.quote(shlex.join(words))}"
 
 
 def ssh_options(args: str) -> dict[str, str]:
@@ -155,14 +215,71 @@ def ssh_options(args: str) -> dict[str, str]:
     return found
 
 
+def _jump_targets(options: Mapping[str, str], timeout: float) -> SSHTarget | None:
+    """The jump chain in ssh options: ``ProxyJump a,b`` or ``ProxyCommand ssh ... -W %h:%p b``.
+
+    As in ssh, command-line options of the connection (its key, host key checking) do not
+    apply to ProxyJump hops; an ``ssh -W`` ProxyCommand carries its own.
+    """
+    proxy = options.get("proxyjump", "")
+    if proxy and proxy.lower() != "none":
+        chain: SSHTarget | None = None
+        for hop in proxy.split(","):
+            jump = Jump.parse(hop.removeprefix("ssh://"))
+            chain = SSHTarget(jump.host, jump.port, jump.user, connect_timeout=timeout, jump=chain)
+        return chain
+    command = options.get("proxycommand", "")
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if len(words) < 2 or Path(words[0]).name != "ssh" or "-W" not in words:
+        return None
+    inner = ssh_options(shlex.join(words[1:]))
+    destination = next(
+        (
+            w
+            for i, w in enumerate(words[1:], 1)
+            if not w.startswith("-") and not _takes_value(words[i - 1])
+        ),
+        None,
+    )
+    if destination is None:
+        return None
+    jump = Jump.parse(destination)
+    port = int(inner["port"]) if inner.get("port", "").isdigit() else jump.port
+    return SSHTarget(
+        jump.host,
+        port,
+        inner.get("user") or jump.user,
+        key_file=os.path.expanduser(inner["identityfile"]) if "identityfile" in inner else None,
+        check_host_keys=_checks_host_keys(inner, True),
+        connect_timeout=timeout,
+        jump=_jump_targets(inner, timeout),
+    )
+
+
+def _takes_value(word: str) -> bool:
+    """Whether ssh's flag ``word`` takes the next word as its value (``-i key``, ``-W h:p``)."""
+    return len(word) == 2 and word[0] == "-" and word[1] in "BbcDEeFIiJLlmOopQRSWw"
+
+
+def _checks_host_keys(options: Mapping[str, str], checking: object) -> bool:
+    return (
+        str(checking).strip().lower() not in _FALSE
+        and options.get("stricthostkeychecking", "").lower() not in _FALSE
+        and options.get("userknownhostsfile", "") != "/dev/null"
+    )
+
+
 def ssh_target(host: Host, connect_timeout: float = 5.0) -> SSHTarget:
     """The SSH settings Ansible's ssh connection uses for an inventory host.
 
     Reads ``ansible_host``/``ansible_port``/``ansible_user`` (already on ``host``),
     ``ansible_ssh_private_key_file``, ``ansible_host_key_checking`` (else the
-    ``ANSIBLE_HOST_KEY_CHECKING`` environment variable) and the ssh options in
-    ``ansible_ssh_common_args``/``ansible_ssh_extra_args``. A ``ConnectTimeout`` there
-    shortens ``connect_timeout``, never lengthens it.
+    ``ANSIBLE_HOST_KEY_CHECKING`` environment variable), ``ansible_become`` and the ssh options
+    in ``ansible_ssh_common_args``/``ansible_ssh_extra_args``, jump hosts included. A
+    ``ConnectTimeout`` there shortens ``connect_timeout``, never lengthens it.
     """
     args = " ".join(
         str(host.vars.get(name) or "")
@@ -173,24 +290,30 @@ def ssh_target(host: Host, connect_timeout: float = 5.0) -> SSHTarget:
     checking = host.vars.get("ansible_host_key_checking")
     if checking is None:
         checking = os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "true")
-    check_host_keys = (
-        str(checking).strip().lower() not in _FALSE
-        and options.get("stricthostkeychecking", "").lower() not in _FALSE
-        and options.get("userknownhostsfile", "") != "/dev/null"
-    )
     timeout = connect_timeout
     with_timeout = options.get("connecttimeout", "")
     if with_timeout.isdigit() and int(with_timeout) > 0:
         timeout = min(timeout, float(with_timeout))
-    jump = options.get("proxyjump", "")
+    user = host.user or options.get("user") or None
+    become = str(host.vars.get("ansible_become", False)).strip().lower() in {
+        "true",
+        "yes",
+        "1",
+        "on",
+    }
+    try:
+        jump = _jump_targets(options, timeout)
+    except ValueError:
+        jump = None  # a form this reader does not know: connect directly, as before
     return SSHTarget(
         address=host.address,
         port=host.port,
-        user=host.user or options.get("user") or None,
+        user=user,
         key_file=os.path.expanduser(str(key)) if key else None,
-        check_host_keys=check_host_keys,
+        check_host_keys=_checks_host_keys(options, checking),
         connect_timeout=timeout,
-        jump=jump if jump and jump.lower() != "none" else None,
+        jump=jump,
+        sudo=become and user not in (None, "root"),
     )
 
 
@@ -212,7 +335,36 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _connect_target(target: SSHTarget) -> asyncssh.SSHClientConnection:
+class _Jumps:
+    """Connections to jump hosts, opened once and shared by every host behind them.
+
+    A round over fifty hosts behind one login node makes one connection to the login node,
+    not fifty; each host gets its own channel through it.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[SSHTarget, asyncio.Task[asyncssh.SSHClientConnection]] = {}
+
+    async def through(self, jump: SSHTarget) -> asyncssh.SSHClientConnection:
+        if jump not in self._open:
+            self._open[jump] = asyncio.ensure_future(self._connect(jump))
+        return await asyncio.shield(self._open[jump])
+
+    async def _connect(self, target: SSHTarget) -> asyncssh.SSHClientConnection:
+        tunnel = await self.through(target.jump) if target.jump else None
+        return await _connect_direct(target, tunnel)
+
+    def close(self) -> None:
+        for task in self._open.values():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
+            else:
+                task.cancel()
+
+
+async def _connect_direct(
+    target: SSHTarget, tunnel: asyncssh.SSHClientConnection | None
+) -> asyncssh.SSHClientConnection:
     options: dict[str, Any] = {
         "port": target.port,
         "connect_timeout": target.connect_timeout,
@@ -223,27 +375,41 @@ async def _connect_target(target: SSHTarget) -> asyncssh.SSHClientConnection:
         options["client_keys"] = [target.key_file]
     if not target.check_host_keys:
         options["known_hosts"] = None
-    if target.jump:
-        options["tunnel"] = target.jump
+    if tunnel is not None:
+        options["tunnel"] = tunnel
     return await asyncssh.connect(target.address, **options)
+
+
+def _reach_timeout(target: SSHTarget) -> float:
+    """How long reaching a host may take: one connect timeout per hop, and a second spare."""
+    hops, jump = 1, target.jump
+    while jump is not None:
+        hops, jump = hops + 1, jump.jump
+    return hops * target.connect_timeout + 1
+
+
+async def _connect_target(target: SSHTarget, jumps: _Jumps) -> asyncssh.SSHClientConnection:
+    tunnel = await jumps.through(target.jump) if target.jump else None
+    return await _connect_direct(target, tunnel)
 
 
 async def _run_one(
     target: SSHTarget,
+    jumps: _Jumps,
     command: str,
     timeout: float,
     on_line: Callable[[str], None] | None = None,
 ) -> HostResult:
     started = time.monotonic()
     try:
-        conn = await asyncio.wait_for(_connect_target(target), target.connect_timeout + 1)
+        conn = await asyncio.wait_for(_connect_target(target, jumps), _reach_timeout(target))
     except (TimeoutError, OSError, asyncssh.Error, ValueError) as exc:
         return Unreachable(describe_error(exc, target.connect_timeout))
     try:
         async with conn:
             if on_line is not None:
-                return await _stream(conn, command, on_line, started)
-            done = await asyncio.wait_for(conn.run(command, check=False), timeout)
+                return await _stream(conn, target.command(command), on_line, started)
+            done = await asyncio.wait_for(conn.run(target.command(command), check=False), timeout)
     except (TimeoutError, OSError, asyncssh.Error) as exc:
         return Unreachable(describe_error(exc, timeout))
     return CommandResult(
@@ -284,7 +450,13 @@ async def run_on_hosts(
     def command_for(name: str) -> str:
         return command if isinstance(command, str) else command[name]
 
-    results = await asyncio.gather(*(_run_one(targets[n], command_for(n), timeout) for n in names))
+    jumps = _Jumps()
+    try:
+        results = await asyncio.gather(
+            *(_run_one(targets[n], jumps, command_for(n), timeout) for n in names)
+        )
+    finally:
+        jumps.close()
     return dict(zip(names, results, strict=True))
 
 
@@ -301,7 +473,59 @@ async def stream_on_hosts(
     def sink(name: str) -> Callable[[str], None]:
         return lambda line: on_line(name, line)
 
-    results = await asyncio.gather(
-        *(_run_one(targets[n], command, timeout=0, on_line=sink(n)) for n in names)
-    )
+    jumps = _Jumps()
+    try:
+        results = await asyncio.gather(
+            *(_run_one(targets[n], jumps, command, timeout=0, on_line=sink(n)) for n in names)
+        )
+    finally:
+        jumps.close()
     return dict(zip(names, results, strict=True))
+
+
+# --------------------------------------------------------------------------- port forwards
+
+
+class PortForward:
+    """A loopback port that reaches ``host:port`` as the SSH target sees it (``ssh -L``).
+
+    For hosts behind a jump host, whose Dask ports the controller cannot reach directly.
+    The forward is served by its own thread and event loop, so synchronous and asynchronous
+    callers alike can dial it; use it as a context manager, whose value is the local port.
+    """
+
+    def __init__(self, target: SSHTarget, host: str, port: int) -> None:
+        self.target, self.host, self.port = target, host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._jumps = _Jumps()
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    async def _open(self) -> int:
+        self._conn = await asyncio.wait_for(
+            _connect_target(self.target, self._jumps), _reach_timeout(self.target)
+        )
+        listener = await self._conn.forward_local_port("127.0.0.1", 0, self.host, self.port)
+        return int(listener.get_port())
+
+    async def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
+        self._jumps.close()
+
+    def __enter__(self) -> int:
+        self._thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()

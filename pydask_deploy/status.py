@@ -337,9 +337,12 @@ class SchedulerLink:
     connects afresh.
     """
 
-    def __init__(self, inventory: Inventory, timeout: float = SCHEDULER_TIMEOUT) -> None:
+    def __init__(
+        self, inventory: Inventory, timeout: float = SCHEDULER_TIMEOUT, dial: str | None = None
+    ) -> None:
         self.inventory = inventory
         self.address = connection.cluster_address(inventory)
+        self.dial = dial or self.address  # a loopback forward when behind a jump host
         self.timeout = timeout
         self._client: Any = None
 
@@ -355,7 +358,7 @@ class SchedulerLink:
                 # the client certificate apply made, when the cluster runs with TLS
                 security = connection.client_security(self.inventory)
                 self._client = await Client(  # type: ignore[no-untyped-call]
-                    self.address, security=security, asynchronous=True, timeout=self.timeout
+                    self.dial, security=security, asynchronous=True, timeout=self.timeout
                 )
             identity, versions = await asyncio.wait_for(
                 asyncio.gather(
@@ -758,15 +761,15 @@ def _quiet_versions() -> Iterator[None]:
 def collect_status(inventory: Inventory) -> ClusterStatus:
     """One status round: every host over SSH and the scheduler, all at once."""
 
-    async def once() -> ClusterStatus:
-        link = SchedulerLink(inventory)
+    async def once(dial: str) -> ClusterStatus:
+        link = SchedulerLink(inventory, dial=dial)
         try:
             return await _collect(inventory, link)
         finally:
             await link.close()
 
-    with _quiet_versions():
-        return asyncio.run(once())
+    with _quiet_versions(), _route(inventory) as dial:
+        return asyncio.run(once(dial))
 
 
 def watch_status(
@@ -776,8 +779,8 @@ def watch_status(
     interrupted (Ctrl-C raises KeyboardInterrupt out of here). One scheduler client serves
     every round."""
 
-    async def loop() -> None:
-        link = SchedulerLink(inventory)
+    async def loop(dial: str) -> None:
+        link = SchedulerLink(inventory, dial=dial)
         try:
             while True:
                 on_round(await _collect(inventory, link))
@@ -785,8 +788,21 @@ def watch_status(
         finally:
             await link.close()
 
-    with _quiet_versions():
-        asyncio.run(loop())
+    with _quiet_versions(), _route(inventory) as dial:
+        asyncio.run(loop(dial))
+
+
+@contextlib.contextmanager
+def _route(inventory: Inventory) -> Iterator[str]:
+    """The scheduler's dial address; a forward that cannot open leaves the direct address,
+    so the round still reports every host and the scheduler's error."""
+    try:
+        with connection.scheduler_route(inventory) as dial:
+            yield dial
+            return
+    except connection.SchedulerUnreachable:
+        pass
+    yield connection.cluster_address(inventory)
 
 
 # --------------------------------------------------------------------------- rendering

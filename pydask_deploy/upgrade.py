@@ -342,7 +342,8 @@ def prepare_settings(path: Path, settings: Mapping[str, object]) -> InventoryEdi
 # --------------------------------------------------------------------------- the scheduler's view
 
 
-def _client(inventory: Inventory) -> Client:
+def _client(inventory: Inventory, dial: str) -> Client:
+    """A client to the scheduler, dialled at ``dial`` (``connection.scheduler_route``)."""
     from distributed import Client
 
     address = connection.cluster_address(inventory)
@@ -350,7 +351,7 @@ def _client(inventory: Inventory) -> Client:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # version skew is reported by the upgrade itself
             return Client(  # type: ignore[no-untyped-call]
-                address, security=connection.client_security(inventory), timeout=15
+                dial, security=connection.client_security(inventory), timeout=15
             )
     except (OSError, TimeoutError) as exc:
         raise UpgradeError(
@@ -447,6 +448,7 @@ class _Upgrade:
     timeout: float
     restart_grace: float
     retire_timeout: float
+    dial: str = ""  # where this machine reaches the scheduler
     scheduler_staged: bool = False
 
     def stage(self, hosts: Sequence[Host]) -> tuple[RunResult, _UnitChanges]:
@@ -658,7 +660,29 @@ def rolling_upgrade(
     edit = prepare_settings(path, settings) if settings else None
     inventory = edit.inventory if edit else load_inventory(path)
     batches = plan_batches(inventory.workers, batch)
-    client = _client(inventory)
+    with connection.scheduler_route(inventory) as dial:
+        return _upgrade_through(
+            inventory, dial, edit, settings, batch, batches, restart_scheduler, say,
+            on_progress, timeout, restart_grace, retire_timeout,
+        )  # fmt: skip
+
+
+def _upgrade_through(
+    inventory: Inventory,
+    dial: str,
+    edit: InventoryEdit | None,
+    settings: dict[str, object],
+    batch: str,
+    batches: list[tuple[Host, ...]],
+    restart_scheduler: bool,
+    say: Say,
+    on_progress: OnProgress,
+    timeout: float,
+    restart_grace: float,
+    retire_timeout: float,
+) -> UpgradeResult:
+    path = inventory.path
+    client = _client(inventory, dial)
     clients: list[Client] = []
     try:
         running = scheduler_version(client)
@@ -692,6 +716,7 @@ def rolling_upgrade(
             timeout,
             restart_grace,
             retire_timeout,
+            dial,
         )
         if differ:
             try:
@@ -785,7 +810,7 @@ def _restart_everything(
         error = f"restart failed: {_failure(restarted)}"
         failed = BatchResult(1, names, "failed", time.monotonic() - started, error=error)
         return UpgradeResult(path, (failed,), (), "failed", failed.seconds, settings, batch, error)
-    upgrade.client = _client(inventory)
+    upgrade.client = _client(inventory, upgrade.dial)
     upgrade.version = scheduler_version(upgrade.client)
     fresh, error = upgrade.wait_registered(inventory.workers, set())
     registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))

@@ -109,7 +109,8 @@ def _first_line(exc: BaseException) -> str:
 def _health_check(inventory: Inventory) -> Check:
     scheduler = inventory.scheduler
     url = f"{connection.dashboard_url(inventory)}/health"
-    if _loopback(url):  # a dashboard kept to SSH forwarding: ask from the scheduler host
+    # a dashboard kept to SSH forwarding, or hosts behind a jump host: ask on the scheduler host
+    if _loopback(url) or connection.jump_host(inventory):
         return _health_check_on_host(inventory, url)
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
@@ -158,7 +159,10 @@ def _registration_checks(inventory: Inventory, addresses: dict[str, set[str]]) -
         with warnings.catch_warnings():
             # version skew is status's business; verify asks only who is registered
             warnings.simplefilter("ignore")
-            with Client(where, security=security, timeout=10) as client:  # type: ignore[no-untyped-call]
+            with (
+                connection.scheduler_route(inventory) as dial,
+                Client(dial, security=security, timeout=10) as client,  # type: ignore[no-untyped-call]
+            ):
                 workers = client.scheduler_info(n_workers=-1)["workers"].values()
     except (OSError, TimeoutError) as exc:
         return [Check(inventory.scheduler.name, "scheduler accepts a client", False, str(exc))]
