@@ -495,11 +495,14 @@ def client_config_command(inventory_file: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(config.to_json(), indent=2))
         return
-    scheduler = inventory.scheduler
-    login = f"{scheduler.user}@{scheduler.address}" if scheduler.user else scheduler.address
     port = config.dashboard.rsplit(":", 1)[-1]
-    target = config.dashboard.removeprefix("http://")
-    tunnel = f"ssh -N -L {port}:{target} {login}"
+    tunnel = connection.ssh_forward_command(inventory, int(port), config.dashboard)
+    if remote_jump := connection.jump_host(inventory):
+        dask_port = config.address.rsplit(":", 1)[-1]
+        click.echo(f"# the hosts are reached through {remote_jump}: forward the scheduler first")
+        forward = connection.ssh_forward_command(inventory, int(dask_port), config.address)
+        click.echo(f"#   {forward}")
+        click.echo(f"# then connect to {config.address.split('://')[0]}://localhost:{dask_port}")
     if not config.tls:
         click.echo(f"# {inventory_file} runs without TLS (dask_tls: false)")
         click.echo("from distributed import Client")
@@ -655,3 +658,79 @@ def destroy_command(inventory_file: str, yes: bool, remove_user: bool, as_json: 
         f"{len(result.hosts)} host(s) clean, {result.changed} task(s) changed "
         f"in {result.seconds:.1f} s; `pydask-deploy apply {inventory_file}` starts afresh"
     )
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@main.command("bootstrap")
+@click.argument("inventory_file", metavar="INVENTORY")
+@click.option(
+    "--ask-pass",
+    "-k",
+    is_flag=True,
+    help="Ask for the SSH password (one for every host, as `ansible -k`); without it, log "
+    "in with keys to check the hosts only.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    metavar="FILE",
+    help="The private key to install (its .pub is installed). Default: the inventory's "
+    "ansible_ssh_private_key_file, else ~/.ssh/id_ed25519, id_ecdsa or id_rsa.",
+)
+@click.option("--limit", "limit", multiple=True, metavar="HOST", help="Only this host (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@reports_errors
+def bootstrap_command(
+    inventory_file: str, ask_pass: bool, key_file: str | None, limit: tuple[str, ...],
+    as_json: bool,
+) -> None:  # fmt: skip
+    """First contact with the hosts of INVENTORY: install the deploy key, check sudo, python3.
+
+    Logs in as each host's ansible_user with the password (through the jump host when the
+    inventory has one), adds the public key to that user's ~/.ssh/authorized_keys unless it
+    is there, checks passwordless sudo (not needed for root) and python3, then logs in with
+    the key alone to prove it. Running it again changes nothing. Exit 1 when a host is not
+    ready (the table says why), 2 for bad input.
+    """
+    from pydask_deploy import bootstrap as bootstrap_module
+
+    inventory = inventory_module.load_inventory(inventory_file)
+    key = bootstrap_module.find_deploy_key(inventory, key_file)  # exit 2 before any prompt
+    password = click.prompt("SSH password", hide_input=True, err=True) if ask_pass else None
+    _say(f"bootstrap {inventory_file}: {len(inventory.hosts)} host(s), key {key.private}")
+    results = bootstrap_module.bootstrap_hosts(inventory, password, str(key.private), limit)
+    if as_json:
+        doc = {
+            "inventory": inventory_file,
+            "key": str(key.private),
+            "ok": all(r.ok for r in results),
+        }
+        click.echo(json.dumps({**doc, "hosts": [r.to_json() for r in results]}, indent=2))
+    else:
+        rows = [["host", "user", "key", "sudo", "python3", "key login", "result"]]
+        for r in results:
+            login = "ok" if r.key_login else "-"
+            rows.append(
+                [r.host, r.user, r.key or "-", r.sudo or "-", r.python or "-", login,
+                 "ready" if r.ok else f"NOT READY: {r.error}"]
+            )  # fmt: skip
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            click.echo(
+                "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+            )
+    failed = [r.host for r in results if not r.ok]
+    if failed:
+        _say(f"not ready: {', '.join(failed)}; fix what the table says, then run bootstrap again")
+        sys.exit(1)
+    _say(f"{len(results)} host(s) ready; next: `pydask-deploy apply {inventory_file}`")
+
+
+# --------------------------------------------------------------------------- inventory
+
+# At the end: cli_inventory imports reports_errors from this module.
+from pydask_deploy.cli_inventory import inventory  # noqa: E402
+
+main.add_command(inventory)
