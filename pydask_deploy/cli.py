@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from functools import wraps
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -22,23 +21,8 @@ from pydask_deploy import lab as lab_module
 from pydask_deploy import plan as plan_module
 from pydask_deploy import run as run_module
 from pydask_deploy import verify as verify_module
-from pydask_deploy.errors import DeployError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(func: F) -> F:
-    """Turn a ``DeployError`` raised by a command into one line on stderr and its exit code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except DeployError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
+from pydask_deploy.cli_errors import reports_errors
+from pydask_deploy.cli_inventory import inventory
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -727,10 +711,5 @@ def bootstrap_command(
         sys.exit(1)
     _say(f"{len(results)} host(s) ready; next: `pydask-deploy apply {inventory_file}`")
 
-
-# --------------------------------------------------------------------------- inventory
-
-# At the end: cli_inventory imports reports_errors from this module.
-from pydask_deploy.cli_inventory import inventory  # noqa: E402
 
 main.add_command(inventory)

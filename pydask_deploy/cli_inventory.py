@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from pydask_deploy.cli_cloud import CLOUD_COMMANDS
+from pydask_deploy.cli_errors import reports_errors
+
 if TYPE_CHECKING:
     from pydask_deploy.generate.spec import ClusterSpec
 
@@ -27,11 +30,6 @@ def inventory() -> None:
     invalid), printed on stdout, or written to -o FILE (never over an existing file
     without --force). Then: `pydask-deploy check FILE`, `pydask-deploy apply FILE`.
     """
-
-
-# The group is defined before this import: pydask_deploy.cli imports it back at its end, so
-# importing this module first works too.
-from pydask_deploy.cli import reports_errors  # noqa: E402
 
 
 def _connection_options(jump_help: str) -> Callable[[F], F]:
@@ -215,3 +213,7 @@ def slurm_command(
     )
     _check_output(output, force)
     _write(slurm_spec(partition, scheduler, login, user, key, jump, source), output, force)
+
+
+for _command in CLOUD_COMMANDS:
+    inventory.add_command(_command)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import os
 import re
 import shlex
@@ -101,7 +102,7 @@ class SSHTarget:
     ``user`` None lets SSH decide (``~/.ssh/config``, else the local user), as ``ssh`` does.
     ``jump`` is the host the connection goes through (``ProxyJump`` or an ``ssh -W``
     ``ProxyCommand``), itself possibly behind another. ``sudo`` runs commands through
-    ``sudo -n``: the inventory logs in as a user other than root and asks for become.
+    ``sudo -n``: the login user is not root, and reads need root as the playbooks do.
     """
 
     address: str
@@ -295,12 +296,10 @@ def ssh_target(host: Host, connect_timeout: float = 5.0) -> SSHTarget:
     if with_timeout.isdigit() and int(with_timeout) > 0:
         timeout = min(timeout, float(with_timeout))
     user = host.user or options.get("user") or None
-    become = str(host.vars.get("ansible_become", False)).strip().lower() in {
-        "true",
-        "yes",
-        "1",
-        "on",
-    }
+    # the playbooks run as root through become whatever the login user; reads do the same,
+    # unless the inventory says ansible_become: false
+    login = user or getpass.getuser()
+    become = str(host.vars.get("ansible_become", True)).strip().lower() not in _FALSE
     try:
         jump = _jump_targets(options, timeout)
     except ValueError:
@@ -313,7 +312,7 @@ def ssh_target(host: Host, connect_timeout: float = 5.0) -> SSHTarget:
         check_host_keys=_checks_host_keys(options, checking),
         connect_timeout=timeout,
         jump=jump,
-        sudo=become and user not in (None, "root"),
+        sudo=become and login != "root",
     )
 
 

@@ -16,6 +16,7 @@ are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import difflib
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pydask_deploy import connection
+from pydask_deploy import connection, remote
 from pydask_deploy import pki as pki_module
 from pydask_deploy.errors import DeployError, UsageError
 from pydask_deploy.inventory import VAR_TYPES, Host, Inventory, known_variables, load_inventory
@@ -360,11 +361,23 @@ def _client(inventory: Inventory, dial: str) -> Client:
         ) from None
 
 
-def _host_ips(host: Host) -> set[str]:
-    ips = {host.address}
-    with contextlib.suppress(OSError):
-        ips |= {str(info[4][0]) for info in socket.getaddrinfo(host.address, None)}
-    return ips
+def host_addresses(hosts: Sequence[Host]) -> dict[str, set[str]]:
+    """Every address each host may register its workers from: its inventory address, what
+    it resolves to here, and what the host itself reports (``hostname -I``, one SSH round).
+    Behind a login node the names often resolve only there, so the host's own answer counts.
+    """
+    targets = {h.name: remote.ssh_target(h) for h in hosts}
+    answers = asyncio.run(remote.run_on_hosts(targets, "hostname -I", timeout=15))
+    found: dict[str, set[str]] = {}
+    for host in hosts:
+        ips = {host.address}
+        with contextlib.suppress(OSError):
+            ips |= {str(info[4][0]) for info in socket.getaddrinfo(host.address, None)}
+        answer = answers[host.name]
+        if isinstance(answer, remote.CommandResult) and answer.exit_status == 0:
+            ips |= set(answer.stdout.split())
+        found[host.name] = ips
+    return found
 
 
 @dataclass(frozen=True)
@@ -374,10 +387,13 @@ class _Worker:
     status: str
 
 
-def _workers_on(client: Client, hosts: Sequence[Host]) -> dict[str, list[_Worker]]:
-    """The workers registered from each host, by the scheduler's own view."""
+def _workers_on(
+    client: Client, hosts: Sequence[Host], addresses: Mapping[str, set[str]]
+) -> dict[str, list[_Worker]]:
+    """The workers registered from each host, by the scheduler's own view; ``addresses``
+    from ``host_addresses``."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    ips = {h.name: _host_ips(h) for h in hosts}
+    ips = {h.name: addresses.get(h.name, {h.address}) for h in hosts}
     found: dict[str, list[_Worker]] = {h.name: [] for h in hosts}
     for address, worker in info.items():
         for name, mine in ips.items():
@@ -449,6 +465,7 @@ class _Upgrade:
     restart_grace: float
     retire_timeout: float
     dial: str = ""  # where this machine reaches the scheduler
+    addresses: dict[str, set[str]] = field(default_factory=dict)  # from host_addresses
     scheduler_staged: bool = False
 
     def stage(self, hosts: Sequence[Host]) -> tuple[RunResult, _UnitChanges]:
@@ -504,7 +521,7 @@ class _Upgrade:
         started = time.monotonic()
         kicked = False
         while True:
-            found = _workers_on(self.client, hosts)
+            found = _workers_on(self.client, hosts, self.addresses)
             fresh = {
                 name: [w for w in ws if w.nanny not in old_nannies and w.status == "running"]
                 for name, ws in found.items()
@@ -577,7 +594,7 @@ class _Upgrade:
             self.say(f"batch {index}/{count}: already on the new runtime; nothing to restart")
             return done("current")
         self.say(f"batch {index}/{count}: staged in {staged_in:.1f} s")
-        before = _workers_on(self.client, changed)
+        before = _workers_on(self.client, changed, self.addresses)
         addresses = [w.address for ws in before.values() for w in ws]
         old_nannies = {w.nanny for ws in before.values() for w in ws if w.nanny}
         restarted = tuple(h.name for h in changed)
@@ -611,7 +628,11 @@ class _Upgrade:
                 f"batch {index}/{count}: no worker registered from "
                 f"{', '.join(h.name for h in absent)}; restarting its unit"
             )
-            old_nannies |= {w.nanny for ws in _workers_on(self.client, absent).values() for w in ws}
+            old_nannies |= {
+                w.nanny
+                for ws in _workers_on(self.client, absent, self.addresses).values()
+                for w in ws
+            }
             restarted_absent = self.restart(absent, ["worker"])
             if not restarted_absent.succeeded:
                 error = f"restart failed: {_failure(restarted_absent)}"
@@ -717,6 +738,7 @@ def _upgrade_through(
             restart_grace,
             retire_timeout,
             dial,
+            host_addresses(inventory.hosts),
         )
         if differ:
             try:

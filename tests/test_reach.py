@@ -57,12 +57,10 @@ def test_a_bad_jump_host_is_refused(spec: str) -> None:
         remote.Jump.parse(spec)
 
 
-def test_become_runs_reads_through_sudo_unless_root() -> None:
-    assert remote.ssh_target(_host(ansible_become=True)).command("journalctl") == (
-        "sudo -n journalctl"
-    )
-    assert remote.ssh_target(_host()).command("journalctl") == "journalctl"
-    root = Host("w1", "10.0.0.2", 22, "root", {"ansible_become": True})
+def test_reads_run_through_sudo_unless_root_or_told_not_to() -> None:
+    assert remote.ssh_target(_host()).command("journalctl") == "sudo -n journalctl"
+    assert remote.ssh_target(_host(ansible_become=False)).command("journalctl") == "journalctl"
+    root = Host("w1", "10.0.0.2", 22, "root", {})
     assert remote.ssh_target(root).command("journalctl") == "journalctl"
 
 
@@ -230,7 +228,6 @@ def _jump_inventory(reach: ReachLab) -> Path:
         "all": {
             "vars": {
                 "ansible_user": "deploy",
-                "ansible_become": True,
                 "ansible_ssh_private_key_file": str(reach.key),
                 "ansible_ssh_common_args": common
                 + remote.jump_ssh_args(bastion, str(reach.key), check_host_keys=False),
@@ -290,6 +287,14 @@ def test_a_sudo_user_deploys_through_a_jump_host(reach_lab: ReachLab) -> None:
     assert logs.returncode == 0, logs.stderr
     assert "Register worker" in logs.stdout  # journalctl through sudo -n on h2
 
+    # retire_workers and the registration waits go through the forwarded scheduler port
+    upgraded = cli(
+        "upgrade", inventory, "--batch", "1", "--set", "dask_worker_nthreads=2", "--json"
+    )
+    assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
+    batches = json.loads(upgraded.stdout)["batches"]
+    assert [b["outcome"] for b in batches] == ["upgraded", "upgraded"]
+
     loaded = load_inventory(inventory)
     with (
         connection.scheduler_route(loaded) as dial,
@@ -297,7 +302,8 @@ def test_a_sudo_user_deploys_through_a_jump_host(reach_lab: ReachLab) -> None:
     ):
         assert dial.startswith("tls://127.0.0.1:")
         assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
-        assert len(client.scheduler_info()["workers"]) == 2
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert sorted(w["nthreads"] for w in workers) == [2, 2]
 
 
 def test_the_forward_a_user_runs_goes_through_the_jump_host(tmp_path: Path) -> None:

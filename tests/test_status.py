@@ -292,7 +292,7 @@ def test_ssh_target_reads_ansible_variables() -> None:
     assert target.key_file == str(Path("~/keys/id_lab").expanduser())
     assert target.check_host_keys is False
     assert target.connect_timeout == 3.0
-    assert target.jump == "jump:22"
+    assert target.jump == remote.SSHTarget("jump", 22, connect_timeout=3.0)
 
 
 def test_ssh_target_checks_host_keys_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

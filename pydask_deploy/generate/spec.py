@@ -79,10 +79,9 @@ def connection_vars(user: str | None, key_file: str | None, jump: str | None) ->
     means no jump host. ``--key`` must exist here (a typo would otherwise surface later as
     "Permission denied" on every host); it is written as given, so ``~`` stays portable.
 
-    No ``ansible_become``: the playbooks already run with ``become: true``, and an inventory
-    ``ansible_become: true`` would override the roles' ``become: false`` on the tasks they
-    delegate to the controller (Ansible's connection variables beat task keywords, and the
-    implicit localhost reads ``all.vars``), making the wheelhouse download ask for sudo.
+    No ``ansible_become``: the playbook already runs with become, and ``status``/``logs`` use
+    ``sudo -n`` for any login user but root. (Were it set, the roles' controller-side tasks
+    still turn it off with a task variable, which outranks the inventory.)
     """
     found: dict[str, object] = {}
     if user is not None:
