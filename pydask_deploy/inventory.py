@@ -28,6 +28,7 @@ from typing import Any, TypeAlias
 
 import yaml
 
+from pydask_deploy import inventory_cache
 from pydask_deploy.errors import InventoryError
 from pydask_deploy.resources import playbook_path, roles_path
 
@@ -840,9 +841,12 @@ def load_inventory(path: str | Path) -> Inventory:
     """
     shown = str(path)
     path = Path(path)
+    defaults = {k: v for k, v in role_defaults().items() if k.startswith("dask_")}
+    stored = inventory_cache.read(path)
+    if stored is not None:  # this very inventory validated before: same files, same result
+        return _from_document(path, stored, defaults)
     problems = _Problems()
     known = known_variables()
-    defaults = {k: v for k, v in role_defaults().items() if k.startswith("dask_")}
 
     # Ansible may print warnings; they belong on stderr (stdout may carry --json).
     with contextlib.redirect_stdout(sys.stderr):
@@ -860,6 +864,26 @@ def load_inventory(path: str | Path) -> Inventory:
     scheduler, workers = _check_cluster(shown, resolved, defaults, problems)
     if problems.lines or scheduler is None:
         raise InventoryError("\n".join(problems.lines))
-    return Inventory(
+    inventory = Inventory(
         path=path, scheduler=scheduler, workers=workers, defaults=MappingProxyType(defaults)
+    )
+    inventory_cache.write(path, _to_document(inventory))
+    return inventory
+
+
+def _to_document(inventory: Inventory) -> dict[str, Any]:
+    return {
+        "scheduler": inventory.scheduler.name,
+        "workers": [w.name for w in inventory.workers],
+        "hosts": {h.name: dict(h.vars) for h in inventory.hosts},
+    }
+
+
+def _from_document(path: Path, document: dict[str, Any], defaults: dict[str, object]) -> Inventory:
+    hosts = {name: _make_host(name, dict(v)) for name, v in document["hosts"].items()}
+    return Inventory(
+        path=path,
+        scheduler=hosts[document["scheduler"]],
+        workers=tuple(hosts[name] for name in document["workers"]),
+        defaults=MappingProxyType(defaults),
     )

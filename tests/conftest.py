@@ -34,6 +34,19 @@ TEST_LAB = lab_module.LabConfig(
 LAB_HOSTS = int(os.environ.get("PYDASK_TEST_LAB_HOSTS", "3"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def inventory_cache_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Resolved inventories go to this run's own cache (the commands run here inherit it),
+    never to the user's ~/.cache."""
+    saved = os.environ.get("PYDASK_DEPLOY_CACHE")
+    os.environ["PYDASK_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("inventory-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("PYDASK_DEPLOY_CACHE", None)
+    else:
+        os.environ["PYDASK_DEPLOY_CACHE"] = saved
+
+
 def lab_available() -> str | None:
     """Why the lab cannot run here, or None when it can."""
     if platform.system() != "Linux":

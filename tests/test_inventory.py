@@ -312,3 +312,54 @@ def test_check_does_no_network_io(monkeypatch: pytest.MonkeyPatch) -> None:
     for case in GOOD_CASES:
         assert _check(str(GOOD / case))[0] == 0
     assert _check(str(BAD / "duplicate_address.yml"))[0] == 2
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_a_validated_inventory_is_read_back_from_the_cache_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYDASK_DEPLOY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "dask_workers.yml").write_text("dask_worker_nthreads: 2\n")
+    path = tmp_path / "inv.yml"
+    path.write_text(
+        "all:\n  children:\n    dask_scheduler:\n      hosts:\n"
+        "        s1: {ansible_host: 10.0.0.1}\n    dask_workers:\n      hosts:\n"
+        "        w1: {ansible_host: 10.0.0.2}\n"
+    )
+    first = load_inventory(path)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+
+    def no_ansible(_: Path) -> None:
+        raise AssertionError("Ansible was asked again")
+
+    monkeypatch.setattr(inventory_module, "_resolve", no_ansible)
+    again = load_inventory(path)
+    assert again == first and again.workers[0].vars == first.workers[0].vars
+    assert again.dask_vars("w1")["dask_worker_nthreads"] == 2
+
+    (tmp_path / "group_vars" / "dask_workers.yml").write_text("dask_worker_nthreads: 3\n")
+    with pytest.raises(AssertionError, match="asked again"):
+        load_inventory(path)  # a vars file beside it changed: resolved afresh
+    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "False")
+    with pytest.raises(AssertionError, match="asked again"):
+        load_inventory(path)  # Ansible's settings are part of the key too
+
+
+def test_the_cache_keeps_no_vault_values_and_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydask_deploy import inventory_cache
+
+    path = tmp_path / "inv.yml"
+    path.write_text(
+        "all:\n  vars:\n    ansible_become_password: !vault |\n      $ANSIBLE_VAULT;1.1\n"
+    )
+    monkeypatch.setenv("PYDASK_DEPLOY_CACHE", str(tmp_path / "cache"))
+    assert inventory_cache.cache_key(path) is None
+    monkeypatch.setenv("PYDASK_DEPLOY_CACHE", "off")
+    assert inventory_cache.cache_dir() is None
+    inventory_cache.write(tmp_path / "other.yml", {"hosts": {}})
+    assert not (tmp_path / "cache").exists()
