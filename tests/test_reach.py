@@ -154,25 +154,39 @@ def _key_login_works(reach: ReachLab, address: str, jump: remote.SSHTarget | Non
     return isinstance(result, remote.CommandResult) and result.exit_status == 0
 
 
-def _bootstrap_inventory(reach: ReachLab) -> Path:
-    hosts = {h.name: {"ansible_host": h.address} for h in reach.lab.hosts}
+def _write_inventory(
+    reach: ReachLab,
+    name: str,
+    scheduler: dict[str, object],
+    workers: dict[str, object],
+    ssh_args: str = "",
+    **extra: object,
+) -> Path:
+    """An inventory for the deploy user and key, without host key checks (fresh lab keys)."""
+    no_checks = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
     data = {
         "all": {
             "vars": {
                 "ansible_user": "deploy",
                 "ansible_ssh_private_key_file": str(reach.key),
-                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
-                "-o UserKnownHostsFile=/dev/null",
+                "ansible_ssh_common_args": f"{no_checks} {ssh_args}".strip(),
+                **extra,
             },
             "children": {
-                "dask_scheduler": {"hosts": {"h1": hosts["h1"]}},
-                "dask_workers": {"hosts": {n: v for n, v in hosts.items() if n != "h1"}},
+                "dask_scheduler": {"hosts": scheduler},
+                "dask_workers": {"hosts": workers},
             },
         }
     }
-    path = reach.directory / "bootstrap.yml"
+    path = reach.directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _bootstrap_inventory(reach: ReachLab) -> Path:
+    hosts = {h.name: {"ansible_host": h.address} for h in reach.lab.hosts}
+    workers = {n: v for n, v in hosts.items() if n != "h1"}
+    return _write_inventory(reach, "bootstrap.yml", {"h1": hosts["h1"]}, workers)
 
 
 @pytest.mark.lab
@@ -221,29 +235,20 @@ def test_bootstrap_installs_the_deploy_key_on_password_only_hosts(reach_lab: Rea
 
 
 def _jump_inventory(reach: ReachLab) -> Path:
-    """h2 schedules and works, h3 works; both are reached by name through h1 only."""
+    """h2 schedules and works, h3 works; both are reached by name through h1 only.
+
+    No ansible_host: the names resolve on the login node, as on many HPC sites.
+    """
     bastion = remote.Jump(reach.address("h1"), "deploy")
-    common = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-    data = {
-        "all": {
-            "vars": {
-                "ansible_user": "deploy",
-                "ansible_ssh_private_key_file": str(reach.key),
-                "ansible_ssh_common_args": common
-                + remote.jump_ssh_args(bastion, str(reach.key), check_host_keys=False),
-                "ansible_python_interpreter": "/usr/bin/python3",
-                "dask_wheelhouse": str(REACH_LAB.wheelhouse),
-            },
-            # no ansible_host: the names resolve on the login node, as on many HPC sites
-            "children": {
-                "dask_scheduler": {"hosts": {"h2": None}},
-                "dask_workers": {"hosts": {"h2": None, "h3": None}},
-            },
-        }
-    }
-    path = reach.directory / "behind-login.yml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return _write_inventory(
+        reach,
+        "behind-login.yml",
+        {"h2": None},
+        {"h2": None, "h3": None},
+        remote.jump_ssh_args(bastion, str(reach.key), check_host_keys=False),
+        ansible_python_interpreter="/usr/bin/python3",
+        dask_wheelhouse=str(REACH_LAB.wheelhouse),
+    )
 
 
 @pytest.mark.lab
@@ -266,6 +271,11 @@ def test_a_sudo_user_deploys_through_a_jump_host(reach_lab: ReachLab) -> None:
     assert _key_login_works(reach, "h2", jump=jump)  # by name, through the login node
 
     inventory = str(_jump_inventory(reach))
+    # bootstrap's check (the key alone) goes through the login node too (a fabric gateway)
+    checked = CliRunner().invoke(main, ["bootstrap", inventory, "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert [h["key"] for h in json.loads(checked.stdout)["hosts"]] == ["present", "present"]
+
     applied = cli("apply", inventory, "--json")
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
     assert ssh(reach.lab, "h2", "systemctl is-active dask-scheduler dask-worker").split() == [
