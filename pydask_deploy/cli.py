@@ -21,7 +21,7 @@ from pydask_deploy import lab as lab_module
 from pydask_deploy import plan as plan_module
 from pydask_deploy import run as run_module
 from pydask_deploy import verify as verify_module
-from pydask_deploy.cli_errors import reports_errors
+from pydask_deploy.cli_common import reports_errors
 from pydask_deploy.cli_inventory import inventory
 
 

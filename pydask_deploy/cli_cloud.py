@@ -7,22 +7,22 @@ conventions are in ``generate/cloud.py`` and the README's "Inventories from clou
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from pydask_deploy.cli_errors import reports_errors
+from pydask_deploy.cli_common import (
+    GeneratorOptions,
+    command_line,
+    generator_options,
+    reports_errors,
+    write_and_summarize,
+)
 from pydask_deploy.generate import cloud
-from pydask_deploy.generate.render import write_inventory
 from pydask_deploy.generate.spec import connection_vars
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-_COMMON_OPTIONS = (
+_TAG_OPTIONS = (
     click.option(
         "--tag",
         "tag_values",
@@ -46,102 +46,63 @@ _COMMON_OPTIONS = (
         show_default=True,
         help="Reach the VMs at their private or their public IP address.",
     ),
-    click.option(
-        "--user",
-        metavar="USER",
-        help="SSH user on the VMs (ansible_user), such as ubuntu or ec2-user; it needs "
-        "passwordless sudo unless it is root. Default: what SSH picks.",
-    ),
-    click.option(
-        "--key",
-        "key_file",
-        metavar="FILE",
-        help="Private key to log in with (ansible_ssh_private_key_file); it must exist. "
-        "Default: what SSH picks (agent, ~/.ssh/id_*).",
-    ),
-    click.option(
-        "--jump",
-        metavar="[USER@]HOST[:PORT]",
-        help="Reach the VMs through this bastion (a ProxyCommand in ansible_ssh_common_args).",
-    ),
-    click.option(
-        "-o",
-        "--output",
-        type=click.Path(dir_okay=False, path_type=Path),
-        metavar="FILE",
-        help="Write the inventory to FILE (its directory is created) instead of printing it "
-        "on stdout.",
-    ),
-    click.option("--force", is_flag=True, help="Overwrite FILE when it exists."),
+)
+
+_generator_options = generator_options(
+    user_help="SSH user on the VMs (ansible_user), such as ubuntu or ec2-user; it needs "
+    "passwordless sudo unless it is root. Default: what SSH picks.",
+    jump_help="Reach the VMs through this bastion (a ProxyCommand in ansible_ssh_common_args).",
 )
 
 
-def _common(func: F) -> F:
-    for option in reversed(_COMMON_OPTIONS):
+def _common(func: Callable[..., None]) -> Callable[..., None]:
+    """--tag, --role-tag and --address, then the options every generator takes; a command
+    lists only its provider's options and hands these on to ``_finish`` as ``**shared``."""
+    func = _generator_options(func)
+    for option in reversed(_TAG_OPTIONS):
         func = option(func)
     return func
 
 
-def _source(provider: str, args: Mapping[str, object]) -> str:
-    """The command line that makes the inventory again (for its header)."""
-    words = ["pydask-deploy", "inventory", provider]
-    for name, value in args.items():
-        if value is None or value is False:
-            continue
-        flag = "-o" if name == "output" else "--" + name.replace("_", "-")
-        for item in value if isinstance(value, tuple) else (value,):
-            words += [flag] if item is True else [flag, str(item)]
-    return shlex.join(words)
-
-
 def _finish(
     provider: str,
-    listing: Callable[[Mapping[str, str]], cloud.Listing],
+    list_instances: Callable[..., cloud.Listing],
+    query: Mapping[str, str | None],
+    *,
     tag_values: tuple[str, ...],
     role_tag: str,
     address: str,
-    user: str | None,
-    key_file: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
-    shown: Mapping[str, object],
+    options: GeneratorOptions,
 ) -> None:
-    """Parse the tags, list the VMs, decide the cluster, write it and say what is next."""
+    """Parse the tags, list the VMs, decide the cluster, write it and say what is next.
+
+    ``query`` holds the provider's own options: ``list_instances``' keyword arguments,
+    which the header's command line shows by the same names.
+    """
     tags = cloud.parse_tags(tag_values)
-    connection_vars(user, key_file, jump)  # a bad --user, --key or --jump: before any API call
-    found = listing(tags)
+    # a bad --user, --key or --jump, or a file -o would refuse: before any API call
+    connection_vars(options.user, options.key, options.jump)
+    options.check_output()
+    found = list_instances(tags, **query)
     common = {
         "tag": tag_values,
         "role_tag": role_tag if role_tag != cloud.ROLE_TAG else None,
         "address": address if address != "private" else None,
-        "user": user,
-        "key": key_file,
-        "jump": jump,
     }
+    source = command_line(
+        [provider], {**common, **options.connection, **query, "output": options.output}
+    )
     spec = cloud.cloud_spec(
         found,
         tags,
-        source=_source(provider, {**common, **shown, "output": output}),
+        source=source,
         role_tag=role_tag,
         address=address,
-        user=user,
-        key_file=key_file,
-        jump=jump,
+        user=options.user,
+        key_file=options.key,
+        jump=options.jump,
     )
-    text = write_inventory(spec, output, force)
-    for warning in spec.warnings:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    workers = len(spec.workers)
-    click.echo(
-        f"wrote {output}: scheduler {spec.scheduler.name} ({spec.scheduler.address}), "
-        f"{workers} worker{'' if workers == 1 else 's'} from {found.where}; "
-        f"next: pydask-deploy check {shlex.quote(str(output))}",
-        err=True,
-    )
+    write_and_summarize(spec, options, found_in=found.where)
 
 
 @click.command("aws")
@@ -160,17 +121,10 @@ def _finish(
 )
 @reports_errors
 def aws_command(
-    tag_values: tuple[str, ...],
-    role_tag: str,
-    address: str,
-    user: str | None,
-    key_file: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
     region: str | None,
     profile: str | None,
     endpoint_url: str | None,
+    **shared: Any,
 ) -> None:
     """An inventory of the running EC2 instances carrying every --tag.
 
@@ -187,21 +141,8 @@ def aws_command(
     """
     from pydask_deploy.generate import aws
 
-    _finish(
-        "aws",
-        lambda tags: aws.list_instances(
-            tags, region=region, profile=profile, endpoint_url=endpoint_url
-        ),
-        tag_values,
-        role_tag,
-        address,
-        user,
-        key_file,
-        jump,
-        output,
-        force,
-        {"region": region, "profile": profile, "endpoint_url": endpoint_url},
-    )
+    query = {"region": region, "profile": profile, "endpoint_url": endpoint_url}
+    _finish("aws", aws.list_instances, query, **shared)
 
 
 @click.command("gcp")
@@ -222,17 +163,10 @@ def aws_command(
 )
 @reports_errors
 def gcp_command(
-    tag_values: tuple[str, ...],
-    role_tag: str,
-    address: str,
-    user: str | None,
-    key_file: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
     project: str | None,
     zone: str | None,
     endpoint_url: str | None,
+    **shared: Any,
 ) -> None:
     """An inventory of the running Compute Engine instances carrying every --tag (a label).
 
@@ -250,21 +184,8 @@ def gcp_command(
     """
     from pydask_deploy.generate import gcp
 
-    _finish(
-        "gcp",
-        lambda tags: gcp.list_instances(
-            tags, project=project, zone=zone, endpoint_url=endpoint_url
-        ),
-        tag_values,
-        role_tag,
-        address,
-        user,
-        key_file,
-        jump,
-        output,
-        force,
-        {"project": project, "zone": zone, "endpoint_url": endpoint_url},
-    )
+    query = {"project": project, "zone": zone, "endpoint_url": endpoint_url}
+    _finish("gcp", gcp.list_instances, query, **shared)
 
 
 @click.command("azure")
@@ -283,17 +204,10 @@ def gcp_command(
 )
 @reports_errors
 def azure_command(
-    tag_values: tuple[str, ...],
-    role_tag: str,
-    address: str,
-    user: str | None,
-    key_file: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
     subscription: str | None,
     resource_group: str | None,
     endpoint_url: str | None,
+    **shared: Any,
 ) -> None:
     """An inventory of the running Azure VMs carrying every --tag.
 
@@ -310,28 +224,12 @@ def azure_command(
     """
     from pydask_deploy.generate import azure
 
-    _finish(
-        "azure",
-        lambda tags: azure.list_instances(
-            tags,
-            subscription=subscription,
-            resource_group=resource_group,
-            endpoint_url=endpoint_url,
-        ),
-        tag_values,
-        role_tag,
-        address,
-        user,
-        key_file,
-        jump,
-        output,
-        force,
-        {
-            "subscription": subscription,
-            "resource_group": resource_group,
-            "endpoint_url": endpoint_url,
-        },
-    )
+    query = {
+        "subscription": subscription,
+        "resource_group": resource_group,
+        "endpoint_url": endpoint_url,
+    }
+    _finish("azure", azure.list_instances, query, **shared)
 
 
 @click.command("openstack")
@@ -343,17 +241,7 @@ def azure_command(
     help="The cloud's entry in clouds.yaml (default: OS_CLOUD, or the OS_* variables).",
 )
 @reports_errors
-def openstack_command(
-    tag_values: tuple[str, ...],
-    role_tag: str,
-    address: str,
-    user: str | None,
-    key_file: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
-    cloud_name: str | None,
-) -> None:
+def openstack_command(cloud_name: str | None, **shared: Any) -> None:
     """An inventory of the active OpenStack servers whose metadata carries every --tag.
 
     The server with metadata dask-role=scheduler is the scheduler; the others are workers.
@@ -369,19 +257,8 @@ def openstack_command(
     """
     from pydask_deploy.generate import openstack
 
-    _finish(
-        "openstack",
-        lambda tags: openstack.list_instances(tags, cloud=cloud_name),
-        tag_values,
-        role_tag,
-        address,
-        user,
-        key_file,
-        jump,
-        output,
-        force,
-        {"cloud": cloud_name},
-    )
+    query = {"cloud": cloud_name}
+    _finish("openstack", openstack.list_instances, query, **shared)
 
 
 # The lead attaches these to the `inventory` group.

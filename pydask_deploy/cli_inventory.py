@@ -1,25 +1,26 @@
 """``pydask-deploy inventory ...``: write an inventory from what users have.
 
-Thin commands: parse, call one generator, write with ``generate.render.write_inventory``.
+Thin commands: parse, call one generator, write with ``cli_common.write_and_summarize``.
 Registered on ``main`` at the end of ``pydask_deploy.cli``.
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
 import click
 
 from pydask_deploy.cli_cloud import CLOUD_COMMANDS
-from pydask_deploy.cli_errors import reports_errors
+from pydask_deploy.cli_common import (
+    GeneratorOptions,
+    command_line,
+    generator_options,
+    reports_errors,
+    write_and_summarize,
+)
 
-if TYPE_CHECKING:
-    from pydask_deploy.generate.spec import ClusterSpec
-
-F = TypeVar("F", bound=Callable[..., Any])
+_USER_HELP = (
+    "SSH user on the hosts (ansible_user); it needs passwordless sudo unless it is root. "
+    "Default: what SSH picks (~/.ssh/config, else your user name)."
+)
 
 
 @click.group("inventory")
@@ -32,76 +33,6 @@ def inventory() -> None:
     """
 
 
-def _connection_options(jump_help: str) -> Callable[[F], F]:
-    def decorate(func: F) -> F:
-        for option in reversed(
-            [
-                click.option(
-                    "--user",
-                    metavar="USER",
-                    help="SSH user on the hosts (ansible_user); it needs passwordless sudo "
-                    "unless it is root. Default: what SSH picks (~/.ssh/config, else your "
-                    "user name).",
-                ),
-                click.option(
-                    "--key",
-                    metavar="FILE",
-                    help="Private key to log in with (ansible_ssh_private_key_file); it "
-                    "must exist. Default: what SSH picks (agent, ~/.ssh/id_*).",
-                ),
-                click.option("--jump", metavar="[USER@]HOST[:PORT]", help=jump_help),
-                click.option(
-                    "-o",
-                    "--output",
-                    type=click.Path(dir_okay=False, path_type=Path),
-                    metavar="FILE",
-                    help="Write the inventory to FILE (its directory is created) instead of "
-                    "printing it on stdout.",
-                ),
-                click.option("--force", is_flag=True, help="Overwrite FILE when it exists."),
-            ]
-        ):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-def _source(words: Sequence[str], options: Sequence[tuple[str, str | Path | None]]) -> str:
-    """The command line that makes this inventory again, for its header."""
-    argv = ["pydask-deploy", "inventory", *words]
-    for flag, value in options:
-        if value is not None:
-            argv += [flag, str(value)]
-    return shlex.join(argv)
-
-
-def _check_output(output: Path | None, force: bool) -> None:
-    """Refuse an existing -o FILE before any host or service is asked anything."""
-    from pydask_deploy.generate.render import check_output
-
-    if output is not None:
-        check_output(output, force)
-
-
-def _write(spec: ClusterSpec, output: Path | None, force: bool) -> None:
-    from pydask_deploy.generate.render import write_inventory
-
-    text = write_inventory(spec, output, force=force)
-    for warning in spec.warnings:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    workers = len(spec.workers)
-    shown = shlex.quote(str(output))
-    click.echo(
-        f"wrote {output}: 1 scheduler, {workers} worker{'' if workers == 1 else 's'}; "
-        f"next: pydask-deploy check {shown}",
-        err=True,
-    )
-
-
 @inventory.command("static")
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 @click.option(
@@ -110,20 +41,13 @@ def _write(spec: ClusterSpec, output: Path | None, force: bool) -> None:
     metavar="HOST",
     help="The host that runs the scheduler. It runs a worker too when a SPEC names it.",
 )
-@_connection_options(
-    "Reach the hosts through this bastion or login node (written as a ProxyCommand in "
-    "ansible_ssh_common_args)."
+@generator_options(
+    user_help=_USER_HELP,
+    jump_help="Reach the hosts through this bastion or login node (written as a ProxyCommand "
+    "in ansible_ssh_common_args).",
 )
 @reports_errors
-def static_command(
-    specs: tuple[str, ...],
-    scheduler: str,
-    user: str | None,
-    key: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
-) -> None:
+def static_command(specs: tuple[str, ...], scheduler: str, options: GeneratorOptions) -> None:
     """Write an inventory whose workers are the hosts SPEC names.
 
     A SPEC is a host name or a Slurm-style range, comma lists allowed: node[01-16,20],
@@ -137,18 +61,12 @@ def static_command(
     """
     from pydask_deploy.generate.static import static_spec
 
-    source = _source(
-        ["static", *specs],
-        [
-            ("--scheduler", scheduler),
-            ("--user", user),
-            ("--key", key),
-            ("--jump", jump),
-            ("-o", output),
-        ],
+    source = command_line(
+        ["static", *specs], {"scheduler": scheduler, **options.connection, "output": options.output}
     )
-    _check_output(output, force)
-    _write(static_spec(specs, scheduler, user, key, jump, source), output, force)
+    options.check_output()
+    spec = static_spec(specs, scheduler, options.user, options.key, options.jump, source)
+    write_and_summarize(spec, options)
 
 
 @inventory.command("slurm")
@@ -171,20 +89,18 @@ def static_command(
     help="Run sinfo on this login node over SSH instead of here; the nodes are then reached "
     "through it, unless --jump says otherwise.",
 )
-@_connection_options(
-    "Reach the nodes through this bastion (a ProxyCommand in ansible_ssh_common_args). "
-    "Default: the --login host, if any; `none` reaches them directly."
+@generator_options(
+    user_help=_USER_HELP,
+    jump_help="Reach the nodes through this bastion (a ProxyCommand in "
+    "ansible_ssh_common_args). Default: the --login host, if any; `none` reaches them "
+    "directly.",
 )
 @reports_errors
 def slurm_command(
     partition: str,
     scheduler: str | None,
     login: str | None,
-    user: str | None,
-    key: str | None,
-    jump: str | None,
-    output: Path | None,
-    force: bool,
+    options: GeneratorOptions,
 ) -> None:
     """Write an inventory whose workers are a Slurm partition's nodes.
 
@@ -199,20 +115,19 @@ def slurm_command(
     """
     from pydask_deploy.generate.slurm import slurm_spec
 
-    source = _source(
+    source = command_line(
         ["slurm"],
-        [
-            ("--partition", partition),
-            ("--scheduler", scheduler),
-            ("--login", login),
-            ("--user", user),
-            ("--key", key),
-            ("--jump", jump),
-            ("-o", output),
-        ],
+        {
+            "partition": partition,
+            "scheduler": scheduler,
+            "login": login,
+            **options.connection,
+            "output": options.output,
+        },
     )
-    _check_output(output, force)
-    _write(slurm_spec(partition, scheduler, login, user, key, jump, source), output, force)
+    options.check_output()
+    spec = slurm_spec(partition, scheduler, login, options.user, options.key, options.jump, source)
+    write_and_summarize(spec, options)
 
 
 for _command in CLOUD_COMMANDS:
