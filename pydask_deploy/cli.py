@@ -18,7 +18,6 @@ import click
 from pydask_deploy import __version__
 from pydask_deploy import inventory as inventory_module
 from pydask_deploy import lab as lab_module
-from pydask_deploy import plan as plan_module
 from pydask_deploy import run as run_module
 from pydask_deploy import verify as verify_module
 from pydask_deploy.cli_common import reports_errors
@@ -227,18 +226,26 @@ def _print_run(result: run_module.RunResult) -> None:
 @click.option("--check", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show the changes made to files and templates.")
 @click.option("--limit", metavar="PATTERN", help="Only these hosts (an Ansible host pattern).")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Run every task on every host, also on hosts the SSH check finds in sync.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @reports_errors
 def apply_command(
-    inventory_file: str, check: bool, diff: bool, limit: str | None, as_json: bool
+    inventory_file: str, check: bool, diff: bool, limit: str | None, full: bool, as_json: bool
 ) -> None:
     """Converge every host of INVENTORY into the Dask cluster it declares.
 
     Validates the inventory first (nothing is touched when it is wrong, exit 2), then runs
     the roles with Ansible. Safe to run again: a converged cluster reports 0 changed.
-    Exit 1 when a host failed or was unreachable; the others still converge.
+    Hosts whose last apply recorded today's inputs, and whose unit files, config, TLS
+    files, runtime and units are as that apply left them (one SSH round checks), are left
+    out; --full runs them too. Exit 1 when a host failed or was unreachable; the others
+    still converge.
     """
-    from pydask_deploy import connection
+    from pydask_deploy import connection, insync
     from pydask_deploy import pki as pki_module
 
     inventory = inventory_module.load_inventory(inventory_file)
@@ -258,22 +265,42 @@ def apply_command(
         )
     for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    plan = plan_module.plan_apply(inventory, check=check, diff=diff, limit=limit, pki=pki)
-    result = run_module.run_playbook(plan, _ProgressPrinter(show_diff=diff))
+    result, fast = insync.converge(
+        inventory,
+        check=check,
+        diff=diff,
+        limit=limit,
+        full=full,
+        pki=pki,
+        on_progress=_ProgressPrinter(show_diff=diff),
+        say=_say,
+    )
     if as_json:
         document = result.to_json()
         document["warnings"] = warnings
         document["certificates_issued"] = [
             {"name": i.name, "reason": i.reason} for i in (pki.issued if pki else ())
         ]
+        document["sync_check"] = {
+            "checked": fast.checked,
+            "seconds": round(fast.seconds, 2),
+            "ran": dict(fast.run or {}),
+        }
         click.echo(json.dumps(document, indent=2))
     else:
         _print_run(result)
+        if result.in_sync:
+            click.echo(f"in sync, left out (0 tasks run): {', '.join(result.in_sync)}")
     verb = "would change" if check else "changed"
+    note = ""
+    if result.in_sync:
+        note = f" ({len(result.in_sync)} in sync, checked over SSH; --full runs every task)"
+    elif full:
+        note = " (--full: every host ran every task)"
     if result.succeeded:
         _say(
             f"{len(result.hosts)} host(s) ok, {result.changed} task(s) {verb} "
-            f"in {result.seconds:.1f} s"
+            f"in {result.seconds:.1f} s{note}"
         )
         if not check:
             _say(f"next: pydask-deploy verify {inventory_file}")

@@ -41,13 +41,19 @@ class HostResult:
 
 @dataclass(frozen=True)
 class RunResult:
-    """The outcome of a run: one ``HostResult`` per host, and the run's own status."""
+    """The outcome of a run: one ``HostResult`` per host, and the run's own status.
+
+    ``in_sync`` names the hosts apply's fast path left out (insync.py): they are in ``hosts``
+    with nothing counted. ``ansible_started`` is False when every host was in sync.
+    """
 
     hosts: tuple[HostResult, ...]
     status: str
     rc: int
     seconds: float
     check: bool = False
+    in_sync: tuple[str, ...] = ()
+    ansible_started: bool = True
 
     @property
     def changed(self) -> int:
@@ -70,9 +76,15 @@ class RunResult:
             "seconds": round(self.seconds, 2),
             "totals": {k: sum(getattr(h, k) for h in self.hosts) for k in keys},
             "hosts": {
-                h.name: {**{k: getattr(h, k) for k in keys}, "errors": list(h.errors)}
+                h.name: {
+                    **{k: getattr(h, k) for k in keys},
+                    "errors": list(h.errors),
+                    "in_sync": h.name in self.in_sync,
+                }
                 for h in self.hosts
             },
+            "in_sync_hosts": list(self.in_sync),
+            "ansible_started": self.ansible_started,
         }
 
 
