@@ -132,12 +132,13 @@ def test_the_state_script_holds_no_jinja(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the probe parser
 
-# Recorded from lab hosts right after apply: a worker (h2) and the scheduler (h1).
-_WORKER_PROBE = """\
-@@record
+# Recorded from lab hosts right after apply: a worker (h2) and the scheduler (h1). The
+# record a host keeps is its state when apply finished, so both halves start the same.
+_RECORD_HEADER = """\
 # Written by pydask-deploy apply when this host converged; apply compares it with
 # the host as it is now to leave the host out (apply --full runs it anyway).
-fingerprint 41e2fa4ce1cec57c546c8dd54e8d3613912e4238d9f2f9727f0cc843897a6508
+"""
+_WORKER_STATE = """\
 user 999 997
 dir /opt/dask root root 755 directory
 dir /etc/dask root dask 750 directory
@@ -154,30 +155,8 @@ file e10af3154c8c511ed973a49ea794d3ebd9ec57a1814501619b663200ac885582  /etc/dask
 file df12ff4e5d9af7a2e22868d39a05e25944a82f47b607328791564ff7ea7c8d9c  /etc/dask/tls/host.key
 unit dask-worker.service ae3f7eea79f8905c2c29028f60566e77877d73ed499965f154b66caca4fa58bb enabled active
 runtime dask-worker.service /opt/dask/envs/b28e9268f4b0/bin/dask present c2cc52b2d7f7b9f78a35081ed5726f4be726c02fde3220228d6d641a6d3ef04f
-@@state
-user 999 997
-dir /opt/dask root root 755 directory
-dir /etc/dask root dask 750 directory
-dir /var/lib/dask dask dask 750 directory
-dir /opt/dask/envs root root 755 directory
-dir /var/lib/dask/worker dask dask 750 directory
-current /opt/dask/envs/b28e9268f4b0
-entry tls d root dask 750
-entry tls/ca.crt f root dask 644
-entry tls/host.crt f root dask 644
-entry tls/host.key f root dask 640
-file 79568b33e0ce182032ac222c2824221e1c9f35670e02e3a425a2d2236c47697b  /etc/dask/tls/ca.crt
-file e10af3154c8c511ed973a49ea794d3ebd9ec57a1814501619b663200ac885582  /etc/dask/tls/host.crt
-file df12ff4e5d9af7a2e22868d39a05e25944a82f47b607328791564ff7ea7c8d9c  /etc/dask/tls/host.key
-unit dask-worker.service ae3f7eea79f8905c2c29028f60566e77877d73ed499965f154b66caca4fa58bb enabled active
-runtime dask-worker.service /opt/dask/envs/b28e9268f4b0/bin/dask present c2cc52b2d7f7b9f78a35081ed5726f4be726c02fde3220228d6d641a6d3ef04f
-@@end
 """
-_SCHEDULER_PROBE = """\
-@@record
-# Written by pydask-deploy apply when this host converged; apply compares it with
-# the host as it is now to leave the host out (apply --full runs it anyway).
-fingerprint 91643d21bd9dd7621473aad26040e2412a79abb10f1eb8616eaae579b34b42aa
+_SCHEDULER_STATE = """\
 user 999 997
 dir /opt/dask root root 755 directory
 dir /etc/dask root dask 750 directory
@@ -193,24 +172,20 @@ file 2eaa5a73e41c8624ba84f36b7c9c79653931d4ac6d9b4691c6557b9bc407b466  /etc/dask
 file 96ed8d04af0001980a8be73acc9404335624dc2d8d7fa002f6c274a706d43603  /etc/dask/tls/host.key
 unit dask-scheduler.service 7382cc6a2f364a6d771801f0146ba14b3dc5b666dd9b04a79d3d8ce831d55761 enabled active
 runtime dask-scheduler.service /opt/dask/envs/b28e9268f4b0/bin/dask present c2cc52b2d7f7b9f78a35081ed5726f4be726c02fde3220228d6d641a6d3ef04f
-@@state
-user 999 997
-dir /opt/dask root root 755 directory
-dir /etc/dask root dask 750 directory
-dir /var/lib/dask dask dask 750 directory
-dir /opt/dask/envs root root 755 directory
-current /opt/dask/envs/b28e9268f4b0
-entry tls d root dask 750
-entry tls/ca.crt f root dask 644
-entry tls/host.crt f root dask 644
-entry tls/host.key f root dask 640
-file 79568b33e0ce182032ac222c2824221e1c9f35670e02e3a425a2d2236c47697b  /etc/dask/tls/ca.crt
-file 2eaa5a73e41c8624ba84f36b7c9c79653931d4ac6d9b4691c6557b9bc407b466  /etc/dask/tls/host.crt
-file 96ed8d04af0001980a8be73acc9404335624dc2d8d7fa002f6c274a706d43603  /etc/dask/tls/host.key
-unit dask-scheduler.service 7382cc6a2f364a6d771801f0146ba14b3dc5b666dd9b04a79d3d8ce831d55761 enabled active
-runtime dask-scheduler.service /opt/dask/envs/b28e9268f4b0/bin/dask present c2cc52b2d7f7b9f78a35081ed5726f4be726c02fde3220228d6d641a6d3ef04f
-@@end
 """
+
+
+def _probe(fingerprint: str, state: str) -> str:
+    """What the in-sync probe prints on a host whose record and state are ``state``."""
+    return f"@@record\n{_RECORD_HEADER}fingerprint {fingerprint}\n{state}@@state\n{state}@@end\n"
+
+
+_WORKER_PROBE = _probe(
+    "41e2fa4ce1cec57c546c8dd54e8d3613912e4238d9f2f9727f0cc843897a6508", _WORKER_STATE
+)
+_SCHEDULER_PROBE = _probe(
+    "91643d21bd9dd7621473aad26040e2412a79abb10f1eb8616eaae579b34b42aa", _SCHEDULER_STATE
+)
 _FP = "41e2fa4ce1cec57c546c8dd54e8d3613912e4238d9f2f9727f0cc843897a6508"
 _UNIT_SHA = "ae3f7eea79f8905c2c29028f60566e77877d73ed499965f154b66caca4fa58bb"
 _KEY_SHA = "df12ff4e5d9af7a2e22868d39a05e25944a82f47b607328791564ff7ea7c8d9c"
