@@ -156,6 +156,45 @@ def test_client_config_gives_what_security_takes(cluster: Cluster) -> None:
         assert client.submit(lambda: "ok").result(timeout=30) == "ok"
 
 
+def test_rotating_the_ca_reissues_everything_and_refuses_the_old_clients(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The README's procedure: move ca.crt and ca.key aside, apply."""
+    directory = pki.pki_dir(load_inventory(cluster.inventory))
+    old = {name: (directory / name).read_bytes() for name in ("ca.crt", "client.crt", "client.key")}
+    for name, content in old.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "client.key").chmod(0o600)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        (directory / name).rename(aside / name)
+
+    rotated = cli("apply", str(cluster.inventory), "--json")
+    assert rotated.returncode == 0, rotated.stderr[-3000:]
+    issued = {i["name"] for i in json.loads(rotated.stdout)["certificates_issued"]}
+    assert issued == {"CA", "client", *(h.name for h in cluster.lab.hosts)}
+    new_ca = (directory / "ca.crt").read_text()
+    assert new_ca.encode() != old["ca.crt"]
+    for host in cluster.lab.hosts:  # every host holds the new CA and runs on it
+        assert ssh(cluster.lab, host.name, "cat /etc/dask/tls/ca.crt") == new_ca
+    with cluster.client() as client:
+        wait_for_workers(client, len(cluster.lab.hosts) - 1)
+        assert client.submit(lambda: 5 * 5).result(timeout=30) == 25
+    before = Security(  # type: ignore[no-untyped-call]
+        tls_ca_file=str(tmp_path / "ca.crt"),
+        tls_client_cert=str(tmp_path / "client.crt"),
+        tls_client_key=str(tmp_path / "client.key"),
+        require_encryption=True,
+    )
+    assert refused(cluster.address, before)  # the users' old files no longer get in
+
+    again = cli("apply", str(cluster.inventory), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads(again.stdout)
+    assert report["totals"]["changed"] == 0 and report["certificates_issued"] == []
+
+
 def test_dask_tls_false_works_and_warns(cluster: Cluster, tmp_path: Path) -> None:
     """Runs last: turns TLS off on the session cluster, then back on as the others expect it."""
     plain = edit_inventory(cluster.inventory, tmp_path / "plain.yml", dask_tls=False)
