@@ -441,3 +441,33 @@ def test_a_version_change_needs_restart_scheduler(upgrade_lab: UpgradeLab, tmp_p
     assert inventory.read_text() == text
     assert time.monotonic() - started < 30
     assert yaml.safe_load(text)  # still the original, valid YAML
+
+
+# another distributed release the controller can download into the lab's wheelhouse
+OTHER_VERSION = "2026.7.1"
+
+
+@pytest.mark.lab
+def test_restart_scheduler_moves_the_whole_cluster_to_another_release(
+    upgrade_lab: UpgradeLab, tmp_path: Path
+) -> None:
+    """Runs last in this module: the upgrade lab ends on another distributed release."""
+    inventory = _copy(upgrade_lab.inventory, tmp_path)
+    result = cli(
+        "upgrade", str(inventory), "--set", f"dask_version='{OTHER_VERSION}'",
+        "--restart-scheduler", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert document["ok"] is True and document["scheduler"] == "restarted"
+    assert "lost" in result.stderr  # it says what a scheduler restart costs
+
+    status = json.loads(cli("status", str(inventory), "--json").stdout)
+    assert status["ok"] is True, status["verdict"]
+    versions = {u["distributed"] for h in status["hosts"] for u in h["units"]}
+    assert versions == {OTHER_VERSION}
+    with upgrade_lab.client(inventory) as client:
+        _wait_for_workers(client, len(upgrade_lab.workers))
+        reported = client.get_versions(check=False)
+        assert reported["scheduler"]["packages"]["distributed"] == OTHER_VERSION
+        assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
