@@ -13,7 +13,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -444,19 +444,12 @@ async def run_on_hosts(
     ``command`` is the same for all hosts, or a command per host name. One slow or dead host
     never hides the others: it costs at most its connect timeout plus ``timeout``.
     """
-    names = list(targets)
 
-    def command_for(name: str) -> str:
-        return command if isinstance(command, str) else command[name]
+    def one(name: str, jumps: _Jumps) -> Awaitable[HostResult]:
+        text = command if isinstance(command, str) else command[name]
+        return _run_one(targets[name], jumps, text, timeout)
 
-    jumps = _Jumps()
-    try:
-        results = await asyncio.gather(
-            *(_run_one(targets[n], jumps, command_for(n), timeout) for n in names)
-        )
-    finally:
-        jumps.close()
-    return dict(zip(names, results, strict=True))
+    return await _on_every_host(targets, one)
 
 
 async def stream_on_hosts(
@@ -467,16 +460,23 @@ async def stream_on_hosts(
     """Run a long command (``journalctl -f``) on every host; call ``on_line(host, line)`` for
     each stdout line as it arrives. Returns when every command has ended (or was cancelled).
     """
+
+    def one(name: str, jumps: _Jumps) -> Awaitable[HostResult]:
+        return _run_one(
+            targets[name], jumps, command, timeout=0, on_line=lambda line: on_line(name, line)
+        )
+
+    return await _on_every_host(targets, one)
+
+
+async def _on_every_host(
+    targets: Mapping[str, SSHTarget], one: Callable[[str, _Jumps], Awaitable[HostResult]]
+) -> dict[str, HostResult]:
+    """Run ``one(name, jumps)`` for every host at once, sharing the jump host connections."""
     names = list(targets)
-
-    def sink(name: str) -> Callable[[str], None]:
-        return lambda line: on_line(name, line)
-
     jumps = _Jumps()
     try:
-        results = await asyncio.gather(
-            *(_run_one(targets[n], jumps, command, timeout=0, on_line=sink(n)) for n in names)
-        )
+        results = await asyncio.gather(*(one(name, jumps) for name in names))
     finally:
         jumps.close()
     return dict(zip(names, results, strict=True))
