@@ -5,7 +5,7 @@ and azure-mgmt-network SDKs: azure-identity is what the SDKs and Ansible's ``azu
 inventory plugin use for credentials (``DefaultAzureCredential``: ``az login``, the
 AZURE_CLIENT_* variables, a managed identity), and an inventory needs four paginated list
 calls (VMs, their power states, network interfaces, public IPs); the two SDKs would add
-~50 MB of generated clients for every API version to make the same requests.
+generated clients for every API version to make the same requests.
 
 A VM's private address is its primary NIC's primary IP configuration; its public address
 the public IP resource attached there.

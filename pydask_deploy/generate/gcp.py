@@ -5,8 +5,8 @@ Through google-auth and the Compute Engine REST API (``instances.aggregatedList`
 SDK and Ansible's own ``gcp_compute`` inventory plugin use for credentials (Application
 Default Credentials: ``gcloud auth application-default login``, a service-account key in
 GOOGLE_APPLICATION_CREDENTIALS, the metadata server on a VM), and one documented GET is all
-an inventory needs; the SDK would add ~100 MB (grpcio, protobuf, a generated client for
-every Compute API) to do the same request.
+an inventory needs; the SDK would add grpcio, protobuf and a generated client for
+every Compute API to do the same request.
 
 On GCP a tag is a label: ``--tag dask-cluster=prod`` matches ``labels.dask-cluster=prod``.
 Labels are lower case, so ``dask-role=scheduler-worker`` is the scheduler-and-worker value.
