@@ -26,8 +26,8 @@ import yaml
 from status_bench import BIN, TOOL, figures, run, timed
 
 from pydask_deploy import lab as lab_module
-from pydask_deploy import remote
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import remote
 
 CONFIG = lab_module.LabConfig(
     state_dir=Path("/var/lib/pydask-deploy/bench-jump-lab"),

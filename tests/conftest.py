@@ -19,9 +19,10 @@ import pytest
 import yaml
 from distributed import Client, Security
 
-from pydask_deploy import connection, pki
 from pydask_deploy import lab as lab_module
+from pydask_deploy.deploy import pki
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import connection
 
 # The tests' lab lives beside a user's lab, never on top of it.
 TEST_LAB = lab_module.LabConfig(

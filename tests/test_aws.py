@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from moto.server import ThreadedMotoServer
 
 from pydask_deploy.cli import main
-from pydask_deploy.cli_cloud import aws_command
+from pydask_deploy.cli.cloud import aws_command
 from pydask_deploy.inventory import load_inventory
 
 REGION = "eu-west-1"

@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from pydask_deploy.cli import main
-from pydask_deploy.cli_cloud import (
+from pydask_deploy.cli.cloud import (
     CLOUD_COMMANDS,
     aws_command,
     azure_command,
@@ -28,10 +28,10 @@ from pydask_deploy.cli_cloud import (
     openstack_command,
 )
 from pydask_deploy.errors import UsageError
-from pydask_deploy.generate import aws, azure, gcp, openstack
-from pydask_deploy.generate.cloud import Instance, Listing, cloud_spec, parse_tags
-from pydask_deploy.generate.render import write_inventory
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.inventory.generate import aws, azure, gcp, openstack
+from pydask_deploy.inventory.generate.cloud import Instance, Listing, cloud_spec, parse_tags
+from pydask_deploy.inventory.generate.render import write_inventory
 
 DATA = Path(__file__).parent / "data" / "cloud"
 

@@ -14,10 +14,10 @@ import pytest
 from conftest import TEST_LAB, cli, ssh
 from distributed import Client
 
-from pydask_deploy import connection
 from pydask_deploy import lab as lab_module
-from pydask_deploy.destroy import plan_destroy
+from pydask_deploy.deploy.destroy import plan_destroy
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import connection
 from pydask_deploy.resources import playbook_path, roles_path
 
 _INVENTORY = """\

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from distributed import Client
 
-from pydask_deploy import connection
 from pydask_deploy import lab as lab_module
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import connection
 
 pytestmark = pytest.mark.lab
 

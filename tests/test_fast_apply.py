@@ -20,9 +20,9 @@ import pytest
 import yaml
 from conftest import TEST_LAB, cli, edit_inventory, ssh
 
-from pydask_deploy import insync
 from pydask_deploy import lab as lab_module
-from pydask_deploy import pki as pki_module
+from pydask_deploy.deploy import insync
+from pydask_deploy.deploy import pki as pki_module
 from pydask_deploy.inventory import load_inventory
 from pydask_deploy.resources import ansible_dir, playbook_path
 
@@ -436,8 +436,8 @@ def test_fast_path_on_real_hosts(fast_lab: tuple[lab_module.Lab, Path], tmp_path
     assert list(limited["hosts"]) == [worker] and _in_sync(limited) == [worker]
 
     # an upgrade-style stage (restarts deferred) leaves the host not in sync
-    from pydask_deploy.plan import plan_apply
-    from pydask_deploy.run import run_playbook
+    from pydask_deploy.deploy.plan import plan_apply
+    from pydask_deploy.deploy.run import run_playbook
 
     loaded = load_inventory(threads)
     pki = pki_module.ensure_pki(loaded, write=True)

@@ -1,4 +1,4 @@
-"""Tests for pydask_deploy.generate (spec, render, static) and `pydask-deploy inventory static`.
+"""Tests for pydask_deploy.inventory.generate (spec, render, static) and `inventory static`.
 
 Every generated inventory goes back through ``load_inventory``: what ``render`` writes is
 what ``check`` and ``apply`` read.
@@ -17,13 +17,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pydask_deploy import remote
 from pydask_deploy.cli import main
 from pydask_deploy.errors import InventoryError, UsageError
-from pydask_deploy.generate.render import render, write_inventory
-from pydask_deploy.generate.spec import ClusterSpec, HostEntry, connection_vars, valid_host_name
-from pydask_deploy.generate.static import expand, static_spec
 from pydask_deploy.inventory import load_inventory
+from pydask_deploy.inventory.generate.render import render, write_inventory
+from pydask_deploy.inventory.generate.spec import (
+    ClusterSpec,
+    HostEntry,
+    connection_vars,
+    valid_host_name,
+)
+from pydask_deploy.inventory.generate.static import expand, static_spec
+from pydask_deploy.observe import remote
 
 EXECUTABLE = Path(sys.executable).parent / "pydask-deploy"
 WHEN = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pydask_deploy import inventory as inventory_module
 from pydask_deploy.cli import main
 from pydask_deploy.errors import InventoryError
 from pydask_deploy.inventory import VAR_TYPES, Inventory, load_inventory
+from pydask_deploy.inventory import load as inventory_module
 from pydask_deploy.resources import roles_path
 
 DATA = Path(__file__).parent / "data" / "inventories"
@@ -240,7 +240,7 @@ def test_every_role_default_has_a_type() -> None:
     defaults = _role_defaults()
     assert defaults, f"no roles/*/defaults/main.yml under {roles_path()}"
     missing = sorted(k for k in defaults if k.startswith("dask_") and k not in VAR_TYPES)
-    assert not missing, f"add these to VAR_TYPES in pydask_deploy/inventory.py: {missing}"
+    assert not missing, f"add these to VAR_TYPES in pydask_deploy/inventory/load.py: {missing}"
 
 
 def test_role_defaults_pass_their_own_checks() -> None:
@@ -351,7 +351,7 @@ def test_a_validated_inventory_is_read_back_from_the_cache_until_a_file_changes(
 def test_the_cache_keeps_no_vault_values_and_can_be_turned_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pydask_deploy import inventory_cache
+    from pydask_deploy.inventory import cache as inventory_cache
 
     path = tmp_path / "inv.yml"
     path.write_text(

@@ -23,7 +23,7 @@ from conftest import Cluster, cli, ssh
 from pydask_deploy.cli import main
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.logs import (
+from pydask_deploy.observe.logs import (
     journal_command,
     merge_journals,
     parse_timestamp,

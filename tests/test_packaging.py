@@ -27,4 +27,4 @@ def test_wheel_ships_every_role_and_playbook_file(tmp_path: Path) -> None:
     assert sources
     missing = [str(s) for s in sources if f"pydask_deploy/_ansible/{s}" not in shipped]
     assert not missing, missing
-    assert "pydask_deploy/cli.py" in shipped
+    assert "pydask_deploy/cli/main.py" in shipped

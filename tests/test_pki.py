@@ -16,10 +16,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pydask_deploy import connection, pki
+from pydask_deploy.deploy import pki
+from pydask_deploy.deploy.plan import plan_apply
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import Host, Inventory, role_defaults
-from pydask_deploy.plan import plan_apply
+from pydask_deploy.observe import connection
 
 NOW = datetime.datetime(2026, 9, 1, tzinfo=datetime.UTC)
 

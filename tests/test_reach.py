@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from conftest import TEST_LAB, cli, ssh
 from distributed import Client
 
-from pydask_deploy import bootstrap, connection, remote
 from pydask_deploy import lab as lab_module
 from pydask_deploy.cli import main
+from pydask_deploy.deploy import bootstrap
 from pydask_deploy.inventory import Host, load_inventory
+from pydask_deploy.observe import connection, remote
 
 # --------------------------------------------------------------------------- pure parts
 

@@ -1,4 +1,4 @@
-"""Tests for pydask_deploy.generate.slurm and `pydask-deploy inventory slurm`.
+"""Tests for pydask_deploy.inventory.generate.slurm and `pydask-deploy inventory slurm`.
 
 The parser runs on recorded sinfo output (tests/data/slurm/). The command runs against a
 stand-in `sinfo` first on PATH that replays that output and fails as sinfo fails; with
@@ -22,11 +22,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pydask_deploy import remote
 from pydask_deploy.cli import main
 from pydask_deploy.errors import UsageError
-from pydask_deploy.generate.render import render
-from pydask_deploy.generate.slurm import (
+from pydask_deploy.inventory import load_inventory
+from pydask_deploy.inventory.generate.render import render
+from pydask_deploy.inventory.generate.slurm import (
     SlurmNode,
     gpu_count,
     node_in_service,
@@ -34,7 +34,7 @@ from pydask_deploy.generate.slurm import (
     plan_partition,
     sinfo_argv,
 )
-from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import remote
 
 DATA = Path(__file__).parent / "data" / "slurm"
 EXECUTABLE = Path(sys.executable).parent / "pydask-deploy"

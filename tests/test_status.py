@@ -22,11 +22,11 @@ import yaml
 from click.testing import CliRunner
 from conftest import Cluster, cli, ssh
 
-from pydask_deploy import remote
-from pydask_deploy import status as status_module
 from pydask_deploy.cli import main
 from pydask_deploy.inventory import Host, Inventory, load_inventory
-from pydask_deploy.status import (
+from pydask_deploy.observe import remote
+from pydask_deploy.observe import status as status_module
+from pydask_deploy.observe.status import (
     HostProbe,
     SchedulerView,
     UnitState,

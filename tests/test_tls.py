@@ -12,7 +12,7 @@ import pytest
 from conftest import Cluster, cli, edit_inventory, ssh, wait_for_workers
 from distributed import Client, Security
 
-from pydask_deploy import pki
+from pydask_deploy.deploy import pki
 from pydask_deploy.inventory import load_inventory
 
 pytestmark = pytest.mark.lab

@@ -17,17 +17,17 @@ import yaml
 from conftest import TEST_LAB, cli, ssh
 from distributed import Client, wait
 
-from pydask_deploy import connection
 from pydask_deploy import lab as lab_module
-from pydask_deploy.errors import UsageError
-from pydask_deploy.inventory import load_inventory
-from pydask_deploy.upgrade import (
+from pydask_deploy.deploy.upgrade import (
     batch_size,
     edit_inventory_text,
     parse_setting,
     plan_batches,
     prepare_settings,
 )
+from pydask_deploy.errors import UsageError
+from pydask_deploy.inventory import load_inventory
+from pydask_deploy.observe import connection
 
 # --------------------------------------------------------------------------- batches
 

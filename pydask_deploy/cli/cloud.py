@@ -12,15 +12,15 @@ from typing import Any
 
 import click
 
-from pydask_deploy.cli_common import (
+from pydask_deploy.cli.common import (
     GeneratorOptions,
     command_line,
     generator_options,
     reports_errors,
     write_and_summarize,
 )
-from pydask_deploy.generate import cloud
-from pydask_deploy.generate.spec import connection_vars
+from pydask_deploy.inventory.generate import cloud
+from pydask_deploy.inventory.generate.spec import connection_vars
 
 _TAG_OPTIONS = (
     click.option(
@@ -139,7 +139,7 @@ def aws_command(
       pydask-deploy inventory aws --tag dask-cluster=prod --region eu-west-1 \\
           --user ubuntu -o inventory/prod.yml
     """
-    from pydask_deploy.generate import aws
+    from pydask_deploy.inventory.generate import aws
 
     query = {"region": region, "profile": profile, "endpoint_url": endpoint_url}
     _finish("aws", aws.list_instances, query, **shared)
@@ -182,7 +182,7 @@ def gcp_command(
       pydask-deploy inventory gcp --tag dask-cluster=prod --project my-project \\
           -o inventory/prod.yml
     """
-    from pydask_deploy.generate import gcp
+    from pydask_deploy.inventory.generate import gcp
 
     query = {"project": project, "zone": zone, "endpoint_url": endpoint_url}
     _finish("gcp", gcp.list_instances, query, **shared)
@@ -222,7 +222,7 @@ def azure_command(
       pydask-deploy inventory azure --tag dask-cluster=prod --resource-group dask \\
           --user azureuser -o inventory/prod.yml
     """
-    from pydask_deploy.generate import azure
+    from pydask_deploy.inventory.generate import azure
 
     query = {
         "subscription": subscription,
@@ -255,7 +255,7 @@ def openstack_command(cloud_name: str | None, **shared: Any) -> None:
       pydask-deploy inventory openstack --cloud mycloud --tag dask-cluster=prod \\
           -o inventory/prod.yml
     """
-    from pydask_deploy.generate import openstack
+    from pydask_deploy.inventory.generate import openstack
 
     query = {"cloud": cloud_name}
     _finish("openstack", openstack.list_instances, query, **shared)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydask_deploy import pki, remote
+from pydask_deploy.deploy import pki
 from pydask_deploy.errors import DeployError, UsageError
 from pydask_deploy.inventory import Inventory
+from pydask_deploy.observe import remote
 
 if TYPE_CHECKING:
     from distributed import Security

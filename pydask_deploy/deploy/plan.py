@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.inventory import Inventory
-from pydask_deploy.pki import Pki
 from pydask_deploy.resources import playbook_path, roles_path
 
 MAX_FORKS = 50

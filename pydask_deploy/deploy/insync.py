@@ -36,12 +36,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pydask_deploy import __version__, remote
+from pydask_deploy import __version__
+from pydask_deploy.deploy.pki import Pki
+from pydask_deploy.deploy.plan import plan_apply
+from pydask_deploy.deploy.run import HostResult, OnProgress, RunResult, run_playbook
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.pki import Pki
-from pydask_deploy.plan import plan_apply
+from pydask_deploy.observe import remote
 from pydask_deploy.resources import ansible_dir
-from pydask_deploy.run import HostResult, OnProgress, RunResult, run_playbook
 
 RECORD_NAME = ".pydask-deploy-applied"
 CONNECT_TIMEOUT = 5.0

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from pydask_deploy.cli_cloud import CLOUD_COMMANDS
-from pydask_deploy.cli_common import (
+from pydask_deploy.cli.cloud import CLOUD_COMMANDS
+from pydask_deploy.cli.common import (
     GeneratorOptions,
     command_line,
     generator_options,
@@ -59,7 +59,7 @@ def static_command(specs: tuple[str, ...], scheduler: str, options: GeneratorOpt
       pydask-deploy inventory static 'node[01-16]' --scheduler node01 \\
           --user deploy -o inventory/prod.yml
     """
-    from pydask_deploy.generate.static import static_spec
+    from pydask_deploy.inventory.generate.static import static_spec
 
     source = command_line(
         ["static", *specs], {"scheduler": scheduler, **options.connection, "output": options.output}
@@ -113,7 +113,7 @@ def slurm_command(
       pydask-deploy inventory slurm --partition gpu --login me@login.hpc.example.org \\
           -o inventory/gpu.yml
     """
-    from pydask_deploy.generate.slurm import slurm_spec
+    from pydask_deploy.inventory.generate.slurm import slurm_spec
 
     source = command_line(
         ["slurm"],

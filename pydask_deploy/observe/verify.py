@@ -20,9 +20,9 @@ from typing import Any
 
 import testinfra
 
-from pydask_deploy import connection
+from pydask_deploy.deploy.pki import PkiError
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.pki import PkiError
+from pydask_deploy.observe import connection
 from pydask_deploy.resources import path_with_ansible
 
 SCHEDULER_UNIT = "dask-scheduler"

@@ -8,10 +8,10 @@ certificates beside the inventory are kept, so that a later ``apply`` reuses the
 
 from __future__ import annotations
 
+from pydask_deploy.deploy.plan import MAX_FORKS, Plan, fast_settings
+from pydask_deploy.deploy.run import OnProgress, RunResult, run_playbook
 from pydask_deploy.inventory import Inventory
-from pydask_deploy.plan import MAX_FORKS, Plan, fast_settings
 from pydask_deploy.resources import playbook_path
-from pydask_deploy.run import OnProgress, RunResult, run_playbook
 
 
 def plan_destroy(

@@ -13,7 +13,7 @@ from typing import Any
 
 import ansible_runner
 
-from pydask_deploy.plan import Plan
+from pydask_deploy.deploy.plan import Plan
 from pydask_deploy.resources import path_with_ansible
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import hostlist  # type: ignore[import-untyped]
 
 from pydask_deploy.errors import UsageError
-from pydask_deploy.generate.spec import (
+from pydask_deploy.inventory.generate.spec import (
     HOST_NAME_RULE,
     ClusterSpec,
     HostEntry,

@@ -28,8 +28,8 @@ from typing import Any, TypeAlias
 
 import yaml
 
-from pydask_deploy import inventory_cache
 from pydask_deploy.errors import InventoryError
+from pydask_deploy.inventory import cache as inventory_cache
 from pydask_deploy.resources import playbook_path, roles_path
 
 SCHEDULER_GROUP = "dask_scheduler"

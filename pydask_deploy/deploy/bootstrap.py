@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pydask_deploy import remote
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import Host, Inventory
+from pydask_deploy.observe import remote
 
 CONNECT_TIMEOUT = 10.0
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")

@@ -16,12 +16,12 @@ from typing import Any
 import click
 
 from pydask_deploy import __version__
-from pydask_deploy import inventory as inventory_module
 from pydask_deploy import lab as lab_module
-from pydask_deploy import run as run_module
-from pydask_deploy import verify as verify_module
-from pydask_deploy.cli_common import reports_errors
-from pydask_deploy.cli_inventory import inventory
+from pydask_deploy.cli.common import reports_errors
+from pydask_deploy.cli.inventory import inventory
+from pydask_deploy.deploy import run as run_module
+from pydask_deploy.inventory import load as inventory_module
+from pydask_deploy.observe import verify as verify_module
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -245,8 +245,9 @@ def apply_command(
     out; --full runs them too. Exit 1 when a host failed or was unreachable; the others
     still converge.
     """
-    from pydask_deploy import connection, insync
-    from pydask_deploy import pki as pki_module
+    from pydask_deploy.deploy import insync
+    from pydask_deploy.deploy import pki as pki_module
+    from pydask_deploy.observe import connection
 
     inventory = inventory_module.load_inventory(inventory_file)
     mode = " (check mode: nothing will change)" if check else ""
@@ -347,7 +348,7 @@ def verify_command(inventory_file: str, as_json: bool) -> None:
 
 def _status_frame(status: Any, color: bool) -> str:
     """The table, notes and the one-line verdict of one status round."""
-    from pydask_deploy import status as status_module
+    from pydask_deploy.observe import status as status_module
 
     lines = status_module.render_table(status_module.table_rows(status))
     lines += [f"note: this client runs {skew}" for skew in status.client_skew]
@@ -392,7 +393,7 @@ def status_command(inventory_file: str, as_json: bool, watching: bool, interval:
     import contextlib
     import time
 
-    from pydask_deploy import status as status_module
+    from pydask_deploy.observe import status as status_module
 
     inventory = inventory_module.load_inventory(inventory_file)
     tty = sys.stdout.isatty()
@@ -453,7 +454,7 @@ def logs_command(
     """
     import contextlib
 
-    from pydask_deploy import logs as logs_module
+    from pydask_deploy.observe import logs as logs_module
 
     inventory = inventory_module.load_inventory(inventory_file)
     chosen = logs_module.select_hosts(inventory, hosts)
@@ -499,7 +500,7 @@ def client_config_command(inventory_file: str, as_json: bool) -> None:
     `tls_client_key` and `require_encryption`, as distributed.Security takes them, and the
     `dashboard` URL. Exit 1 when `apply` has not made the certificates yet.
     """
-    from pydask_deploy import connection
+    from pydask_deploy.observe import connection
 
     inventory = inventory_module.load_inventory(inventory_file)
     config = connection.client_config(inventory)
@@ -587,7 +588,7 @@ def upgrade_command(
     the same command again resumes. Exit 2 for bad input or a dask_version change without
     --restart-scheduler; nothing was changed then, the inventory file included.
     """
-    from pydask_deploy import upgrade as upgrade_module
+    from pydask_deploy.deploy import upgrade as upgrade_module
 
     settings = dict(upgrade_module.parse_setting(a) for a in assignments)
     result = upgrade_module.rolling_upgrade(
@@ -640,7 +641,7 @@ def destroy_command(inventory_file: str, yes: bool, remove_user: bool, as_json: 
     clean. Asks first unless --yes (exit 2 without a terminal to ask on). Exit 1 when a host
     failed or was unreachable.
     """
-    from pydask_deploy import destroy as destroy_module
+    from pydask_deploy.deploy import destroy as destroy_module
     from pydask_deploy.errors import UsageError
 
     inventory = inventory_module.load_inventory(inventory_file)
@@ -705,7 +706,7 @@ def bootstrap_command(
     the key alone to prove it. Running it again changes nothing. Exit 1 when a host is not
     ready (the table says why), 2 for bad input.
     """
-    from pydask_deploy import bootstrap as bootstrap_module
+    from pydask_deploy.deploy import bootstrap as bootstrap_module
 
     inventory = inventory_module.load_inventory(inventory_file)
     key = bootstrap_module.find_deploy_key(inventory, key_file)  # exit 2 before any prompt

@@ -64,8 +64,8 @@ def cache_key(path: Path) -> str | None:
     digest = hashlib.sha256(f"{FORMAT} {__version__} {_ansible_version()}\n".encode())
     # the validating code itself, so that a changed check is never skipped (development)
     here = Path(__file__).parent
-    for module in ("inventory.py", "inventory_cache.py"):
-        digest.update((here / module).read_bytes())
+    for module in sorted(here.glob("*.py")):
+        digest.update(module.read_bytes())
     for name, value in sorted(os.environ.items()):
         if name.startswith("ANSIBLE_"):
             digest.update(f"env {name}={value}\n".encode())

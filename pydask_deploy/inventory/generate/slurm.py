@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydask_deploy.errors import UsageError
-from pydask_deploy.generate.spec import ClusterSpec, HostEntry, connection_vars, parse_jump
-from pydask_deploy.generate.static import collect
-from pydask_deploy.remote import CommandResult, SSHTarget, run_on_hosts
+from pydask_deploy.inventory.generate.spec import (
+    ClusterSpec,
+    HostEntry,
+    connection_vars,
+    parse_jump,
+)
+from pydask_deploy.inventory.generate.static import collect
+from pydask_deploy.observe.remote import CommandResult, SSHTarget, run_on_hosts
 
 # Node name, its address (NodeAddr), state, CPUs, memory (MB) and GRES: one node a line.
 SINFO_FORMAT = "%N|%o|%T|%c|%m|%G"

@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydask_deploy import connection, remote
+from pydask_deploy.deploy.pki import PkiError
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.pki import PkiError
-from pydask_deploy.verify import SCHEDULER_UNIT, WORKER_UNIT
+from pydask_deploy.observe import connection, remote
+from pydask_deploy.observe.verify import SCHEDULER_UNIT, WORKER_UNIT
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0

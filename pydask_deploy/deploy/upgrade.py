@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pydask_deploy import connection, remote
-from pydask_deploy import pki as pki_module
+from pydask_deploy.deploy import pki as pki_module
+from pydask_deploy.deploy.plan import Plan, fast_settings, plan_apply
+from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, run_playbook
 from pydask_deploy.errors import DeployError, UsageError
 from pydask_deploy.inventory import VAR_TYPES, Host, Inventory, known_variables, load_inventory
-from pydask_deploy.plan import Plan, fast_settings, plan_apply
+from pydask_deploy.observe import connection, remote
 from pydask_deploy.resources import playbook_path
-from pydask_deploy.run import OnProgress, Progress, RunResult, run_playbook
 
 if TYPE_CHECKING:
     from distributed import Client

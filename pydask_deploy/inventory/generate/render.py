@@ -19,8 +19,13 @@ import yaml
 
 from pydask_deploy import __version__
 from pydask_deploy.errors import InventoryError, UsageError
-from pydask_deploy.generate.spec import HOST_NAME_RULE, ClusterSpec, HostEntry, valid_host_name
 from pydask_deploy.inventory import SCHEDULER_GROUP, WORKERS_GROUP, load_inventory
+from pydask_deploy.inventory.generate.spec import (
+    HOST_NAME_RULE,
+    ClusterSpec,
+    HostEntry,
+    valid_host_name,
+)
 
 _WIDTH = 96
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

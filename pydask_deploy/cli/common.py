@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from pydask_deploy.errors import DeployError
-from pydask_deploy.generate.render import check_output, write_inventory
-from pydask_deploy.generate.spec import ClusterSpec
+from pydask_deploy.inventory.generate.render import check_output, write_inventory
+from pydask_deploy.inventory.generate.spec import ClusterSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pydask_deploy.errors import UsageError
-from pydask_deploy.remote import Jump, jump_ssh_args
+from pydask_deploy.observe.remote import Jump, jump_ssh_args
 
 
 def _empty() -> Mapping[str, object]:

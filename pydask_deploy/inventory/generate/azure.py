@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from pydask_deploy.errors import DeployError, UsageError
-from pydask_deploy.generate.cloud import RUNNING, Instance, Listing
+from pydask_deploy.inventory.generate.cloud import RUNNING, Instance, Listing
 
 INSTALL_HINT = "pip install 'pydask-deploy[azure]'"
 ARM = "https://management.azure.com"

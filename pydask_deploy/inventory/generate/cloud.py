@@ -26,8 +26,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pydask_deploy.errors import UsageError
-from pydask_deploy.generate.spec import ClusterSpec, HostEntry, connection_vars, valid_host_name
 from pydask_deploy.inventory import VAR_TYPES
+from pydask_deploy.inventory.generate.spec import (
+    ClusterSpec,
+    HostEntry,
+    connection_vars,
+    valid_host_name,
+)
 
 ROLE_TAG = "dask-role"
 RUNNING = "running"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydask_deploy.errors import DeployError, UsageError
-from pydask_deploy.generate.cloud import RUNNING, Instance, Listing
+from pydask_deploy.inventory.generate.cloud import RUNNING, Instance, Listing
 
 INSTALL_HINT = "pip install 'pydask-deploy[openstack]'"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from pydask_deploy import remote
 from pydask_deploy.errors import LabError, LabUsageError
+from pydask_deploy.observe import remote
 
 # What every lab host has installed; the rootfs is rebuilt when this list changes.
 ROOTFS_PACKAGES = (

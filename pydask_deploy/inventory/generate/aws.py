@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydask_deploy.errors import DeployError, UsageError
-from pydask_deploy.generate.cloud import RUNNING, Instance, Listing
+from pydask_deploy.inventory.generate.cloud import RUNNING, Instance, Listing
 
 INSTALL_HINT = "pip install 'pydask-deploy[aws]'"
 

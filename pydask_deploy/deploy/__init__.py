@@ -1,0 +1,1 @@
+"""Change hosts: plan, run Ansible, in-sync check, apply, upgrade, destroy, certificates."""

@@ -1,0 +1,27 @@
+"""The inventory: load and validate it, cache its resolution, edit it, generate it.
+
+``load_inventory`` turns an Ansible YAML inventory into a validated ``Inventory``; the rest of
+the tool reads only that value.
+"""
+
+from pydask_deploy.inventory.load import (
+    SCHEDULER_GROUP,
+    VAR_TYPES,
+    WORKERS_GROUP,
+    Host,
+    Inventory,
+    known_variables,
+    load_inventory,
+    role_defaults,
+)
+
+__all__ = [
+    "SCHEDULER_GROUP",
+    "VAR_TYPES",
+    "WORKERS_GROUP",
+    "Host",
+    "Inventory",
+    "known_variables",
+    "load_inventory",
+    "role_defaults",
+]

@@ -1,0 +1,1 @@
+"""Read the cluster: SSH reads, the scheduler's view, status, verify, logs."""
