@@ -589,8 +589,9 @@ def upgrade_command(
     --restart-scheduler; nothing was changed then, the inventory file included.
     """
     from pydask_deploy.deploy import upgrade as upgrade_module
+    from pydask_deploy.inventory.edit import parse_setting
 
-    settings = dict(upgrade_module.parse_setting(a) for a in assignments)
+    settings = dict(parse_setting(a) for a in assignments)
     result = upgrade_module.rolling_upgrade(
         inventory_file,
         settings=settings,
