@@ -30,3 +30,15 @@ class LabUsageError(LabError, UsageError):
     """The lab cannot run here as asked (not root, not Linux, subnet in use ...): exit 2."""
 
     exit_code = 2
+
+
+class PkiError(DeployError):
+    """The cluster's certificate directory cannot be used as it is (exit 1)."""
+
+
+class SchedulerUnreachable(DeployError, OSError):
+    """The way to the scheduler (an SSH port forward through the jump host) cannot be opened."""
+
+
+class UpgradeError(DeployError):
+    """The upgrade could not start (no scheduler to talk to): exit 1, nothing was changed."""

@@ -22,7 +22,7 @@ from distributed import Client, Security
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy import pki
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, scheduler
 
 # The tests' lab lives beside a user's lab, never on top of it.
 TEST_LAB = lab_module.LabConfig(
@@ -149,7 +149,7 @@ class Cluster:
 
     def security(self) -> Security | None:
         """The client certificate apply made (None for a ``dask_tls: false`` cluster)."""
-        return connection.client_security(load_inventory(self.inventory))
+        return scheduler.client_security(load_inventory(self.inventory))
 
     def client(self) -> Client:
         return Client(self.address, security=self.security(), timeout=30)  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from distributed import Client
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.destroy import plan_destroy
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, scheduler
 from pydask_deploy.resources import playbook_path, roles_path
 
 _INVENTORY = """\
@@ -133,6 +133,6 @@ def test_destroy_then_apply_gives_a_working_cluster(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     loaded = load_inventory(inventory)
     with Client(  # type: ignore[no-untyped-call]
-        connection.cluster_address(loaded), security=connection.client_security(loaded), timeout=30
+        connection.cluster_address(loaded), security=scheduler.client_security(loaded), timeout=30
     ) as client:
         assert client.submit(lambda: 6 * 7).result(timeout=60) == 42

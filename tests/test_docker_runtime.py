@@ -13,7 +13,7 @@ from distributed import Client
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, scheduler
 
 pytestmark = pytest.mark.lab
 
@@ -101,7 +101,7 @@ def test_docker_runtime_converges_verifies_and_computes(
     converged = load_inventory(inventory)
     address = connection.cluster_address(converged)
     assert address == f"tls://{docker_lab.hosts[0].address}:8786"
-    security = connection.client_security(converged)
+    security = scheduler.client_security(converged)
     with Client(address, security=security, timeout=30) as client:  # type: ignore[no-untyped-call]
         assert client.submit(lambda x: x + 1, 41).result(timeout=30) == 42
 

@@ -20,7 +20,7 @@ from pydask_deploy.deploy import pki
 from pydask_deploy.deploy.plan import plan_apply
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import Host, Inventory, role_defaults
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, scheduler
 
 NOW = datetime.datetime(2026, 9, 1, tzinfo=datetime.UTC)
 
@@ -269,7 +269,7 @@ def test_client_config_with_tls(inventory: Inventory) -> None:
         made.client_key,
     )
     assert config.dashboard == "http://10.0.0.11:8787"
-    security = connection.client_security(inventory)
+    security = scheduler.client_security(inventory)
     assert security is not None and security.require_encryption
     assert security.tls_client_key == str(made.client_key)
 
@@ -277,7 +277,7 @@ def test_client_config_with_tls(inventory: Inventory) -> None:
 def test_client_config_without_tls(tmp_path: Path) -> None:
     inventory = make_inventory(tmp_path / "open.yml", dask_tls=False)
     assert connection.cluster_address(inventory) == "tcp://10.0.0.11:8786"
-    assert connection.client_security(inventory) is None
+    assert scheduler.client_security(inventory) is None
     assert connection.client_config(inventory).to_json()["tls_ca_file"] is None
 
 

@@ -21,7 +21,7 @@ from pydask_deploy import lab as lab_module
 from pydask_deploy.cli import main
 from pydask_deploy.deploy import bootstrap
 from pydask_deploy.inventory import Host, load_inventory
-from pydask_deploy.observe import connection, remote
+from pydask_deploy.observe import connection, remote, scheduler
 
 # --------------------------------------------------------------------------- pure parts
 
@@ -309,7 +309,7 @@ def test_a_sudo_user_deploys_through_a_jump_host(reach_lab: ReachLab) -> None:
     loaded = load_inventory(inventory)
     with (
         connection.scheduler_route(loaded) as dial,
-        Client(dial, security=connection.client_security(loaded), timeout=30) as client,  # type: ignore[no-untyped-call]
+        Client(dial, security=scheduler.client_security(loaded), timeout=30) as client,  # type: ignore[no-untyped-call]
     ):
         assert dial.startswith("tls://127.0.0.1:")
         assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6

@@ -22,10 +22,9 @@ import yaml
 from click.testing import CliRunner
 from conftest import Cluster, cli, ssh
 
-from pydask_deploy.cli import main
+from pydask_deploy.cli import main, render
 from pydask_deploy.inventory import Host, Inventory, load_inventory
 from pydask_deploy.observe import remote
-from pydask_deploy.observe import status as status_module
 from pydask_deploy.observe.status import (
     HostProbe,
     SchedulerView,
@@ -247,9 +246,9 @@ def test_assess_unreachable_host_and_silent_scheduler(inventory: Inventory) -> N
     texts = [p.text for p in status.problems]
     assert texts[0] == "w1: unreachable (no answer within 5 s)"
     assert any("does not answer" in t for t in texts)
-    rows = status_module.table_rows(status)
+    rows = render.table_rows(status)
     assert ["w1", "worker", "unreachable (no answer within 5 s)"] in rows
-    lines = status_module.render_table(rows)
+    lines = render.render_table(rows)
     assert lines[0].split()[:3] == ["HOST", "ROLE", "UNIT"]
 
 

@@ -21,7 +21,7 @@ from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.upgrade import batch_size, plan_batches
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, scheduler
 
 # --------------------------------------------------------------------------- batches
 
@@ -121,7 +121,7 @@ class UpgradeLab:
         loaded = load_inventory(inventory or self.inventory)
         return Client(  # type: ignore[no-untyped-call]
             connection.cluster_address(loaded),
-            security=connection.client_security(loaded),
+            security=scheduler.client_security(loaded),
             timeout=30,
         )
 

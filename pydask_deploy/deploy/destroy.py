@@ -8,25 +8,9 @@ certificates beside the inventory are kept, so that a later ``apply`` reuses the
 
 from __future__ import annotations
 
-from pydask_deploy.deploy.plan import MAX_FORKS, Plan, fast_settings
+from pydask_deploy.deploy.plan import plan_destroy
 from pydask_deploy.deploy.run import OnProgress, RunResult, run_playbook
 from pydask_deploy.inventory import Inventory
-from pydask_deploy.resources import playbook_path
-
-
-def plan_destroy(
-    inventory: Inventory, *, remove_user: bool = False, limit: str | None = None
-) -> Plan:
-    """The plan of ``pydask-deploy destroy``: ``playbooks/destroy.yml`` on every host."""
-    forks = max(5, min(MAX_FORKS, len(inventory.hosts)))
-    return Plan(
-        inventory=inventory,
-        playbook=playbook_path("destroy.yml"),
-        limit=limit,
-        forks=forks,
-        extravars={"__dask_remove_user": remove_user},
-        settings=fast_settings(forks),
-    )
 
 
 def destroy_cluster(

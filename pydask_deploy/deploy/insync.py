@@ -31,25 +31,23 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydask_deploy import __version__
+from pydask_deploy import __version__, contract
 from pydask_deploy.deploy.pki import Pki
-from pydask_deploy.deploy.plan import plan_apply
-from pydask_deploy.deploy.run import HostResult, OnProgress, RunResult, run_playbook
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.observe import remote
+from pydask_deploy.observe import cluster, remote
 from pydask_deploy.resources import ansible_dir
 
-RECORD_NAME = ".pydask-deploy-applied"
+RECORD_NAME = contract.RECORD_NAME
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 15.0
-SCHEDULER_UNIT = "dask-scheduler.service"
-WORKER_UNIT = "dask-worker.service"
-UNIT_DIR = "/etc/systemd/system"
+SCHEDULER_UNIT = contract.unit_file(contract.SCHEDULER_UNIT)
+WORKER_UNIT = contract.unit_file(contract.WORKER_UNIT)
+UNIT_DIR = contract.UNIT_DIR
 
 # The variables the state script reads; a Jinja value there is known only to Ansible.
 _PATH_VARS = ("dask_base_dir", "dask_config_dir", "dask_data_dir", "dask_user")
@@ -228,7 +226,7 @@ def state_script(variables: Mapping[str, object], units: Sequence[str], record: 
     user = str(variables["dask_user"])
     runtime = str(variables["dask_runtime"])
     local = str(variables.get("dask_worker_local_directory") or "") or f"{data}/worker"
-    dirs = [base, config, data, f"{base}/envs"]
+    dirs = [base, config, data, f"{base}/{contract.ENVS_DIR}"]
     if WORKER_UNIT in units:
         dirs.append(local)
     lines = [
@@ -239,7 +237,7 @@ def state_script(variables: Mapping[str, object], units: Sequence[str], record: 
             f"stat -c 'dir %n %U %G %a %F' {q(d)} 2>/dev/null || echo {q(f'dir {d} missing')}"
             for d in dirs
         ),
-        f'echo "current $(readlink {q(base + "/envs/current")} || echo missing)"',
+        f'echo "current $(readlink {q(f"{base}/{contract.CURRENT_LINK}")} || echo missing)"',
         'find "$cfg" -mindepth 1 ! -path "$rec" -printf \'entry %P %y %u %g %m\\n\' '
         "2>/dev/null | sort",
         'find "$cfg" -type f ! -path "$rec" -exec sha256sum {} + 2>/dev/null | '
@@ -258,7 +256,7 @@ def state_script(variables: Mapping[str, object], units: Sequence[str], record: 
                 'env="${exe%/bin/*}"',
                 'if [ -n "$exe" ] && [ -x "$exe" ] && [ -x "$env/bin/python" ]; '
                 "then ok=present; else ok=missing; fi",
-                'echo "runtime $u $exe $ok $(sha256sum "$env/.pydask-deploy-installed" '
+                f'echo "runtime $u $exe $ok $(sha256sum "$env/{contract.RUNTIME_MARKER}" '
                 '2>/dev/null | cut -c 1-64)"',
             ]
     if runtime == "docker":
@@ -325,17 +323,6 @@ class Verdict:
     reason: str = ""
 
 
-def _sections(stdout: str) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in stdout.splitlines():
-        if line.startswith("@@"):
-            current = sections.setdefault(line[2:].strip(), [])
-        elif current is not None:
-            current.append(line.rstrip())
-    return sections
-
-
 def _first_difference(recorded: Sequence[str], now: Sequence[str]) -> str:
     """A short phrase naming what changed between the recorded state and now."""
     old, new = set(recorded), set(now)
@@ -357,7 +344,7 @@ def _first_difference(recorded: Sequence[str], now: Sequence[str]) -> str:
 
 def parse_probe(stdout: str, check: HostCheck) -> Verdict:
     """Judge a host from ``probe_command``'s output (pure: tested on recorded output)."""
-    sections = _sections(stdout)
+    sections = cluster.sections(stdout)
     if "end" not in sections:
         return Verdict(False, "the check did not finish")
     record = [line for line in sections.get("record", []) if line and not line.startswith("#")]
@@ -405,96 +392,3 @@ def probe(
             else:
                 verdicts[name] = parse_probe(result.stdout, eligible[name])
     return verdicts, time.monotonic() - started
-
-
-def limit_hosts(inventory: Inventory, pattern: str) -> tuple[str, ...]:
-    """The cluster hosts an Ansible host pattern selects, as ``--limit`` would."""
-    from ansible.inventory.manager import InventoryManager  # type: ignore[import-untyped]
-    from ansible.parsing.dataloader import DataLoader  # type: ignore[import-untyped]
-
-    manager = InventoryManager(loader=DataLoader(), sources=[str(inventory.path.resolve())])
-    chosen = {str(h.name) for h in manager.list_hosts(pattern)}
-    return tuple(h.name for h in inventory.hosts if h.name in chosen)
-
-
-# --------------------------------------------------------------------------- apply
-
-
-def _by_reason(run: Mapping[str, str]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for name, reason in run.items():
-        grouped.setdefault(reason, []).append(name)
-    return grouped
-
-
-def _few(names: Sequence[str], shown: int = 6) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """What the probe decided for a run: hosts left out as in sync, and why others ran."""
-
-    checked: bool
-    in_sync: tuple[str, ...] = ()
-    run: Mapping[str, str] | None = None  # host -> why it runs
-    seconds: float = 0.0
-
-
-def converge(
-    inventory: Inventory,
-    *,
-    check: bool,
-    diff: bool,
-    limit: str | None,
-    full: bool,
-    pki: Pki | None,
-    on_progress: OnProgress,
-    say: Callable[[str], None],
-) -> tuple[RunResult, FastPath]:
-    """``apply``: probe, then run site.yml on the hosts not in sync (all with ``full``).
-
-    Returns the RunResult (in-sync hosts included, with no task counted) and the FastPath.
-    """
-    started = time.monotonic()
-    chosen = limit_hosts(inventory, limit) if limit else tuple(h.name for h in inventory.hosts)
-    checks = host_checks(inventory, pki, [inventory.host(n) for n in chosen])
-    extravars = record_extravars(checks)
-    fast = FastPath(checked=False)
-    in_sync: tuple[str, ...] = ()
-    if not full and chosen:
-        verdicts, seconds = probe(inventory, checks)
-        in_sync = tuple(n for n in chosen if verdicts[n].in_sync)
-        run = {n: verdicts[n].reason for n in chosen if not verdicts[n].in_sync}
-        fast = FastPath(True, in_sync, run, seconds)
-        if in_sync:
-            say(
-                f"in sync, left out: {_few(in_sync)} (checked over SSH in {seconds:.1f} s; "
-                "--full runs every task)"
-            )
-        for reason, names in _by_reason(run).items():
-            say(f"runs the playbook: {_few(names)}: {reason}")
-    to_run = [n for n in chosen if n not in in_sync]
-    kept = tuple(HostResult(name=n) for n in in_sync)
-    if chosen and not to_run:
-        say("every host is in sync: Ansible not started")
-        result = RunResult(
-            hosts=kept,
-            status="successful",
-            rc=0,
-            seconds=time.monotonic() - started,
-            check=check,
-            in_sync=in_sync,
-            ansible_started=False,
-        )
-        return result, fast
-    run_limit = limit if not in_sync else ",".join(to_run)
-    plan = plan_apply(
-        inventory, check=check, diff=diff, limit=run_limit, pki=pki, extravars=extravars
-    )
-    ran = run_playbook(plan, on_progress)
-    order = {h.name: i for i, h in enumerate(inventory.hosts)}
-    hosts = sorted((*ran.hosts, *kept), key=lambda h: order.get(h.name, len(order)))
-    merged = replace(ran, hosts=tuple(hosts), seconds=time.monotonic() - started, in_sync=in_sync)
-    return merged, fast

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pydask_deploy.errors import DeployError, UsageError
+from pydask_deploy.errors import PkiError, UsageError
 from pydask_deploy.inventory import Inventory
 
 CA_DAYS = 3650
@@ -39,10 +39,6 @@ CLIENT_NAME = "dask-client"
 # Certificates start an hour in the past: a host whose clock is a little behind still
 # accepts a certificate issued a moment ago.
 _BACKDATE = datetime.timedelta(hours=1)
-
-
-class PkiError(DeployError):
-    """The cluster's certificate directory cannot be used as it is (exit 1)."""
 
 
 @dataclass(frozen=True)

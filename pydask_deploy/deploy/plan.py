@@ -5,12 +5,13 @@ A ``Plan`` is a plain value: the runner (run.py) carries it out and nothing else
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydask_deploy import contract
 from pydask_deploy.deploy.pki import Pki
-from pydask_deploy.inventory import Inventory
+from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.resources import playbook_path, roles_path
 
 MAX_FORKS = 50
@@ -32,6 +33,11 @@ class Plan:
     @property
     def host_names(self) -> tuple[str, ...]:
         return tuple(h.name for h in self.inventory.hosts)
+
+
+def forks_for(hosts: int) -> int:
+    """One fork per host, at least 5, at most ``MAX_FORKS``."""
+    return max(5, min(MAX_FORKS, hosts))
 
 
 def fast_settings(forks: int) -> dict[str, str]:
@@ -65,19 +71,48 @@ def plan_apply(
     With ``pki`` (TLS on) the roles copy the certificates from its directory; in check mode,
     certificates it would issue are not made yet, and the roles are told so.
     """
-    forks = max(5, min(MAX_FORKS, len(inventory.hosts)))
+    forks = forks_for(len(inventory.hosts))
     extravars = dict(extravars or {})
     if pki is not None:
-        extravars["__dask_tls_src_dir"] = str(pki.directory)
+        extravars[contract.EXTRA_TLS_SRC_DIR] = str(pki.directory)
         if check and pki.issued:
-            extravars["__dask_tls_pending"] = True
+            extravars[contract.EXTRA_TLS_PENDING] = True
     return Plan(
         inventory=inventory,
-        playbook=playbook_path("site.yml"),
+        playbook=playbook_path(contract.SITE_PLAYBOOK),
         limit=limit,
         check=check,
         diff=diff,
         forks=forks,
         extravars=extravars,
+        settings=fast_settings(forks),
+    )
+
+
+def plan_restart(inventory: Inventory, hosts: Sequence[Host], units: Sequence[str]) -> Plan:
+    """Restart the units of ``hosts`` (by role: ``scheduler``, ``worker``), as ``upgrade``
+    needs it: ``playbooks/restart.yml``."""
+    forks = forks_for(len(hosts))
+    return Plan(
+        inventory=inventory,
+        playbook=playbook_path(contract.RESTART_PLAYBOOK),
+        limit=",".join(h.name for h in hosts),
+        forks=forks,
+        extravars={contract.EXTRA_RESTART_UNITS: list(units)},
+        settings=fast_settings(forks),
+    )
+
+
+def plan_destroy(
+    inventory: Inventory, *, remove_user: bool = False, limit: str | None = None
+) -> Plan:
+    """The plan of ``pydask-deploy destroy``: ``playbooks/destroy.yml`` on every host."""
+    forks = forks_for(len(inventory.hosts))
+    return Plan(
+        inventory=inventory,
+        playbook=playbook_path(contract.DESTROY_PLAYBOOK),
+        limit=limit,
+        forks=forks,
+        extravars={contract.EXTRA_REMOVE_USER: remove_user},
         settings=fast_settings(forks),
     )

@@ -1,9 +1,9 @@
 """Roll a change of runtime or worker options through the workers, batch by batch, retire-first.
 
 For each batch of worker hosts: Ansible stages the new runtime and writes the new unit, with
-the restart deferred (``__dask_defer_restart``), while the old processes keep serving; the
-scheduler retires the batch's workers (``Client.retire_workers``), which moves the data they
-hold to workers outside the batch and closes them; each unit restarts into its new runtime
+the restart deferred (``EXTRA_DEFER_RESTART``), while the old processes keep serving; the
+scheduler retires the batch's workers (``retire_workers``), which moves the data they hold
+to workers outside the batch and closes them; each unit restarts into its new runtime
 (``Restart=always``; the unit file was already reloaded); the batch is done when its hosts'
 workers are registered again from new processes, run the scheduler's distributed version
 and compute. The first failing batch stops the upgrade; the hosts after it are untouched.
@@ -16,44 +16,42 @@ are skipped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import operator
 import re
-import socket
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydask_deploy.deploy import pki as pki_module
-from pydask_deploy.deploy.plan import Plan, fast_settings, plan_apply
+from pydask_deploy import contract
+from pydask_deploy.deploy.apply import prepare_tls
+from pydask_deploy.deploy.pki import Pki
+from pydask_deploy.deploy.plan import plan_apply, plan_restart
 from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, run_playbook
-from pydask_deploy.errors import DeployError, UsageError
+from pydask_deploy.errors import PkiError, UpgradeError, UsageError
 from pydask_deploy.inventory import Host, Inventory, load_inventory
 from pydask_deploy.inventory.edit import InventoryEdit, flow, prepare_settings
-from pydask_deploy.observe import connection, remote
-from pydask_deploy.resources import playbook_path
-
-if TYPE_CHECKING:
-    from distributed import Client
+from pydask_deploy.observe import connection
+from pydask_deploy.observe.cluster import assign_workers, expected_workers, read_cluster
+from pydask_deploy.observe.scheduler import SchedulerSession, WorkerView
 
 DEFAULT_BATCH = "25%"
-# The task of roles/dask_worker that reports a change when the worker's unit (runtime,
-# options, certificates) changed: the hosts that need their workers retired and restarted.
-WORKER_UNIT_TASK = "Install the dask-worker unit."
-SCHEDULER_UNIT_TASK = "Install the dask-scheduler unit."
 
 Say = Callable[[str], None]
 
 
-class UpgradeError(DeployError):
-    """The upgrade could not start (no scheduler to talk to): exit 1, nothing was changed."""
+@dataclass(frozen=True)
+class UpgradeOptions:
+    """How the upgrade runs: the batch size (``N`` or ``N%``), whether a new distributed
+    may restart the scheduler, and its patience in seconds (for the workers to register
+    again; before a unit that did not come back is restarted; for a retirement)."""
+
+    batch: str = DEFAULT_BATCH
+    restart_scheduler: bool = False
+    timeout: float = 180.0
+    restart_grace: float = 30.0
+    retire_timeout: float = 600.0
 
 
 # --------------------------------------------------------------------------- results
@@ -163,74 +161,7 @@ def plan_batches(workers: Sequence[Host], spec: str) -> list[tuple[Host, ...]]:
     return [tuple(workers[i : i + size]) for i in range(0, len(workers), size)]
 
 
-# --------------------------------------------------------------------------- the scheduler's view
-
-
-def _client(inventory: Inventory, dial: str) -> Client:
-    """A client to the scheduler, dialled at ``dial`` (``connection.scheduler_route``)."""
-    from distributed import Client
-
-    address = connection.cluster_address(inventory)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # version skew is reported by the upgrade itself
-            return Client(  # type: ignore[no-untyped-call]
-                dial, security=connection.client_security(inventory), timeout=15
-            )
-    except (OSError, TimeoutError) as exc:
-        raise UpgradeError(
-            f"the scheduler at {address} does not answer ({exc}); an upgrade rolls through a "
-            f"running cluster: `pydask-deploy status {inventory.path}` shows what is wrong"
-        ) from None
-
-
-def host_addresses(hosts: Sequence[Host]) -> dict[str, set[str]]:
-    """Every address each host may register its workers from: its inventory address, what
-    it resolves to here, and what the host itself reports (``hostname -I``, one SSH round).
-    Behind a login node the names often resolve only there, so the host's own answer counts.
-    """
-    targets = {h.name: remote.ssh_target(h) for h in hosts}
-    answers = asyncio.run(remote.run_on_hosts(targets, "hostname -I", timeout=15))
-    found: dict[str, set[str]] = {}
-    for host in hosts:
-        ips = {host.address}
-        with contextlib.suppress(OSError):
-            ips |= {str(info[4][0]) for info in socket.getaddrinfo(host.address, None)}
-        answer = answers[host.name]
-        if isinstance(answer, remote.CommandResult) and answer.exit_status == 0:
-            ips |= set(answer.stdout.split())
-        found[host.name] = ips
-    return found
-
-
-@dataclass(frozen=True)
-class _Worker:
-    address: str
-    nanny: str
-    status: str
-
-
-def _workers_on(
-    client: Client, hosts: Sequence[Host], addresses: Mapping[str, set[str]]
-) -> dict[str, list[_Worker]]:
-    """The workers registered from each host, by the scheduler's own view; ``addresses``
-    from ``host_addresses``."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    ips = {h.name: addresses.get(h.name, {h.address}) for h in hosts}
-    found: dict[str, list[_Worker]] = {h.name: [] for h in hosts}
-    for address, worker in info.items():
-        for name, mine in ips.items():
-            if str(worker.get("host", "")) in mine:
-                found[name].append(
-                    _Worker(address, str(worker.get("nanny") or ""), str(worker.get("status")))
-                )
-    return found
-
-
-def scheduler_version(client: Client) -> str:
-    """The distributed version the scheduler runs."""
-    versions: Any = client.get_versions(check=False)
-    return str(versions["scheduler"]["packages"]["distributed"])
+# --------------------------------------------------------------------------- versions
 
 
 def _wanted_version(inventory: Inventory) -> dict[str, str]:
@@ -262,9 +193,9 @@ class _UnitChanges:
     scheduler: set[str] = field(default_factory=set)
 
     def __call__(self, step: Progress) -> None:
-        if step.kind == "changed" and step.task == WORKER_UNIT_TASK:
+        if step.kind == "changed" and step.task == contract.WORKER_UNIT_TASK:
             self.workers.add(step.host)
-        if step.kind == "changed" and step.task == SCHEDULER_UNIT_TASK:
+        if step.kind == "changed" and step.task == contract.SCHEDULER_UNIT_TASK:
             self.scheduler.add(step.host)
         self.on_progress(step)
 
@@ -276,19 +207,35 @@ def _failure(result: RunResult) -> str:
     )
 
 
+def _open_session(inventory: Inventory, dial: str) -> SchedulerSession:
+    address = connection.cluster_address(inventory)
+    try:
+        return SchedulerSession.open(inventory, dial)
+    except (OSError, TimeoutError) as exc:
+        raise UpgradeError(
+            f"the scheduler at {address} does not answer ({exc}); an upgrade rolls through a "
+            f"running cluster: `pydask-deploy status {inventory.path}` shows what is wrong"
+        ) from None
+
+
 @dataclass
 class _Upgrade:
+    """One upgrade under way: the cluster, the scheduler session, and the steps of a batch.
+
+    ``addresses`` are each host's addresses as the read side learnt them (``read_cluster``),
+    to tell which registered workers are whose.
+    """
+
     inventory: Inventory
-    client: Client
+    session: SchedulerSession
+    dial: str
+    options: UpgradeOptions
     say: Say
     on_progress: OnProgress
-    pki: pki_module.Pki | None
+    pki: Pki | None
     version: str
-    timeout: float
-    restart_grace: float
-    retire_timeout: float
-    dial: str = ""  # where this machine reaches the scheduler
-    addresses: dict[str, set[str]] = field(default_factory=dict)  # from host_addresses
+    addresses: Mapping[str, frozenset[str]]
+    settings: Mapping[str, object] = field(default_factory=dict)
     scheduler_staged: bool = False
 
     def stage(self, hosts: Sequence[Host]) -> tuple[RunResult, _UnitChanges]:
@@ -297,7 +244,7 @@ class _Upgrade:
         plan = plan_apply(
             self.inventory,
             limit=",".join(h.name for h in hosts),
-            extravars={"__dask_defer_restart": True},
+            extravars={contract.EXTRA_DEFER_RESTART: True},
             pki=self.pki,
         )
         result = run_playbook(plan, changes)
@@ -306,67 +253,48 @@ class _Upgrade:
         return result, changes
 
     def restart(self, hosts: Sequence[Host], units: Sequence[str]) -> RunResult:
-        """Restart the units on ``hosts`` through ``playbooks/restart.yml``."""
-        forks = max(5, min(50, len(hosts)))
-        plan = Plan(
-            inventory=self.inventory,
-            playbook=playbook_path("restart.yml"),
-            limit=",".join(h.name for h in hosts),
-            forks=forks,
-            extravars={"__dask_restart_units": list(units)},
-            settings=fast_settings(forks),
-        )
-        return run_playbook(plan, self.on_progress)
+        """Restart the units (by role: scheduler, worker) on ``hosts``."""
+        return run_playbook(plan_restart(self.inventory, hosts, units), self.on_progress)
 
-    def retire(self, addresses: Sequence[str]) -> set[str]:
-        """Retire workers through the scheduler (data first); return those it retired."""
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(
-                self.client.retire_workers, workers=list(addresses), close_workers=True
-            )
-            try:
-                return set(future.result(timeout=self.retire_timeout))
-            except FutureTimeout:
-                raise TimeoutError(
-                    f"retiring {len(addresses)} worker(s) took longer than "
-                    f"{self.retire_timeout:.0f} s"
-                ) from None
+    def workers_on(self, hosts: Sequence[Host]) -> dict[str, tuple[WorkerView, ...]]:
+        """The workers registered from each host now, by the scheduler's own view."""
+        mine = {h.name: self.addresses.get(h.name, frozenset({h.address})) for h in hosts}
+        return assign_workers(self.session.workers(), mine)[0]
 
     def wait_registered(
         self, hosts: Sequence[Host], old_nannies: set[str]
-    ) -> tuple[dict[str, list[_Worker]], str]:
+    ) -> tuple[dict[str, list[WorkerView]], str]:
         """Wait until each host has its workers registered from a new process.
 
         A host still without them after ``restart_grace`` seconds gets its unit restarted
         once (its data has already moved). Returns the workers and an error ('' when done).
         """
-        expected = {h.name: int(self.inventory.dask_vars(h)["dask_worker_nworkers"]) for h in hosts}  # type: ignore[call-overload]
+        expected = {h.name: expected_workers(self.inventory, h) or 1 for h in hosts}
         started = time.monotonic()
         kicked = False
         while True:
-            found = _workers_on(self.client, hosts, self.addresses)
             fresh = {
                 name: [w for w in ws if w.nanny not in old_nannies and w.status == "running"]
-                for name, ws in found.items()
+                for name, ws in self.workers_on(hosts).items()
             }
             missing = [h for h in hosts if len(fresh[h.name]) < expected[h.name]]
             if not missing:
                 return fresh, ""
             waited = time.monotonic() - started
-            if waited > self.timeout:
+            if waited > self.options.timeout:
                 shown = ", ".join(
                     f"{h.name} ({len(fresh[h.name])} of {expected[h.name]} workers)"
                     for h in missing
                 )
                 return fresh, (
-                    f"not registered again within {self.timeout:.0f} s: {shown}; "
+                    f"not registered again within {self.options.timeout:.0f} s: {shown}; "
                     f"`pydask-deploy logs {self.inventory.path} {missing[0].name}` shows why"
                 )
-            if waited > self.restart_grace and not kicked:
+            if waited > self.options.restart_grace and not kicked:
                 kicked = True
                 self.say(
                     f"  {', '.join(h.name for h in missing)}: not back after "
-                    f"{self.restart_grace:.0f} s; restarting the unit (its data has moved)"
+                    f"{self.options.restart_grace:.0f} s; restarting the unit (its data has moved)"
                 )
                 result = self.restart(missing, ["worker"])
                 if not result.succeeded:
@@ -375,8 +303,7 @@ class _Upgrade:
 
     def check_new(self, workers: Sequence[str]) -> str:
         """Each new worker runs the scheduler's distributed and computes; '' when so."""
-        reply: Any = self.client.get_versions(check=False)
-        versions = reply["workers"]
+        versions = self.session.versions()["workers"]
         skewed = [
             f"{a} runs distributed {versions[a]['packages']['distributed']}"
             for a in workers
@@ -387,111 +314,118 @@ class _Upgrade:
                 f"{'; '.join(skewed)} but the scheduler runs {self.version}: this change needs "
                 "the scheduler restarted too (--restart-scheduler)"
             )
-        futures = [
-            # a stdlib function: the scheduler unpickles it, and it cannot import this package
-            self.client.submit(operator.add, 1, 1, workers=[a], pure=False)
-            for a in workers
-        ]
-        try:
-            self.client.gather(futures, errors="raise")  # type: ignore[no-untyped-call]
-        except Exception as exc:  # the user's cluster: any failure here fails the batch
-            return f"a new worker did not compute: {type(exc).__name__}: {exc}"
-        return ""
+        return self.session.compute_on(workers)
 
-    def run_batch(
-        self, index: int, count: int, hosts: tuple[Host, ...], alone: bool
-    ) -> BatchResult:
-        names = tuple(h.name for h in hosts)
-        started = time.monotonic()
-
-        def done(outcome: str, **kwargs: Any) -> BatchResult:
-            return BatchResult(index, names, outcome, time.monotonic() - started, **kwargs)
-
-        self.say(f"batch {index}/{count} ({', '.join(names)}): staging the new runtime")
-        result, changes = self.stage(hosts)
-        if not result.succeeded:
-            return done("failed", error=f"staging failed: {_failure(result)}")
-        changed = [h for h in hosts if h.name in changes.workers]
-        staged_in = time.monotonic() - started
-        if not changed:
-            self.say(f"batch {index}/{count}: already on the new runtime; nothing to restart")
-            return done("current")
-        self.say(f"batch {index}/{count}: staged in {staged_in:.1f} s")
-        before = _workers_on(self.client, changed, self.addresses)
+    def retire_and_restart(
+        self, label: str, changed: Sequence[Host], alone: bool
+    ) -> tuple[tuple[str, ...], set[str], str]:
+        """Retire the workers of ``changed`` (their data moves to the other workers) so that
+        their units restart into the staged runtime. Returns the workers retired, the nannies
+        of the processes that must not count as new, and an error ('' when done)."""
+        before = self.workers_on(changed)
         addresses = [w.address for ws in before.values() for w in ws]
         old_nannies = {w.nanny for ws in before.values() for w in ws if w.nanny}
-        restarted = tuple(h.name for h in changed)
         self.say(
-            f"batch {index}/{count}: retiring {len(addresses)} worker(s) on "
-            f"{', '.join(restarted)}; the scheduler moves their data to the other workers"
+            f"{label}: retiring {len(addresses)} worker(s) on "
+            f"{', '.join(h.name for h in changed)}; the scheduler moves their data to the "
+            "other workers"
         )
         try:
-            retired = self.retire(addresses) if addresses else set()
+            retired = (
+                self.session.retire(addresses, self.options.retire_timeout) if addresses else set()
+            )
         except (OSError, TimeoutError) as exc:
-            return done("failed", restarted=restarted, error=f"retiring failed: {exc}")
+            return (), old_nannies, f"retiring failed: {exc}"
         kept = sorted(set(addresses) - retired)
         if kept and not alone:
-            return done(
-                "failed",
-                restarted=restarted,
-                retired=tuple(sorted(retired)),
-                error=(
+            return (
+                tuple(sorted(retired)),
+                old_nannies,
+                (
                     f"the scheduler could not move the data of {', '.join(kept)} to another "
                     "worker, so they were not retired (nothing outside the batch could take it)"
                 ),
             )
         if kept:  # every worker in one batch, as asked: their data has nowhere to go
-            self.say(f"batch {index}/{count}: restarting {', '.join(kept)} with their data")
+            self.say(f"{label}: restarting {', '.join(kept)} with their data")
             self.restart(changed, ["worker"])
         # a host with no worker registered holds no data the scheduler knows of, and its
         # process (if any) may still run the old unit: restart it into the new one
         absent = [h for h in changed if not before[h.name]]
         if absent and not kept:
             self.say(
-                f"batch {index}/{count}: no worker registered from "
-                f"{', '.join(h.name for h in absent)}; restarting its unit"
+                f"{label}: no worker registered from {', '.join(h.name for h in absent)}; "
+                "restarting its unit"
             )
-            old_nannies |= {
-                w.nanny
-                for ws in _workers_on(self.client, absent, self.addresses).values()
-                for w in ws
-            }
-            restarted_absent = self.restart(absent, ["worker"])
-            if not restarted_absent.succeeded:
-                error = f"restart failed: {_failure(restarted_absent)}"
-                return done("failed", restarted=restarted, error=error)
-        self.say(f"batch {index}/{count}: waiting for the workers to restart and register")
+            old_nannies |= {w.nanny for ws in self.workers_on(absent).values() for w in ws}
+            restarted = self.restart(absent, ["worker"])
+            if not restarted.succeeded:
+                return tuple(sorted(retired)), old_nannies, f"restart failed: {_failure(restarted)}"
+        return tuple(sorted(retired)), old_nannies, ""
+
+    def run_batch(
+        self, index: int, count: int, hosts: tuple[Host, ...], alone: bool
+    ) -> BatchResult:
+        names = tuple(h.name for h in hosts)
+        label = f"batch {index}/{count}"
+        started = time.monotonic()
+
+        def done(outcome: str, **kwargs: Any) -> BatchResult:
+            return BatchResult(index, names, outcome, time.monotonic() - started, **kwargs)
+
+        self.say(f"{label} ({', '.join(names)}): staging the new runtime")
+        result, changes = self.stage(hosts)
+        if not result.succeeded:
+            return done("failed", error=f"staging failed: {_failure(result)}")
+        changed = [h for h in hosts if h.name in changes.workers]
+        staged_in = time.monotonic() - started
+        if not changed:
+            self.say(f"{label}: already on the new runtime; nothing to restart")
+            return done("current")
+        self.say(f"{label}: staged in {staged_in:.1f} s")
+        restarted = tuple(h.name for h in changed)
+        retired, old_nannies, error = self.retire_and_restart(label, changed, alone)
+        if error:
+            return done("failed", restarted=restarted, retired=retired, error=error)
+        self.say(f"{label}: waiting for the workers to restart and register")
         fresh, error = self.wait_registered(changed, old_nannies)
         registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))
         error = error or self.check_new(registered)
         outcome = "failed" if error else "upgraded"
-        result_ = done(
-            outcome,
-            restarted=restarted,
-            retired=tuple(sorted(retired)),
-            registered=registered,
-            error=error,
+        batch = done(
+            outcome, restarted=restarted, retired=retired, registered=registered, error=error
         )
         if not error:
             self.say(
-                f"batch {index}/{count} done in {result_.seconds:.1f} s (retired, restarted "
-                f"and back in {result_.seconds - staged_in:.1f} s): {len(registered)} "
-                f"worker(s) on {', '.join(restarted)} registered and computing"
+                f"{label} done in {batch.seconds:.1f} s (retired, restarted and back in "
+                f"{batch.seconds - staged_in:.1f} s): {len(registered)} worker(s) on "
+                f"{', '.join(restarted)} registered and computing"
             )
-        return result_
+        return batch
+
+    def result(
+        self, started: float, batches: Sequence[BatchResult], pending: Sequence[str],
+        scheduler: str, error: str = "",
+    ) -> UpgradeResult:  # fmt: skip
+        return UpgradeResult(
+            inventory=self.inventory.path,
+            batches=tuple(batches),
+            pending=tuple(pending),
+            scheduler=scheduler,
+            seconds=time.monotonic() - started,
+            settings=self.settings,
+            batch=self.options.batch,
+            error=error,
+        )
 
 
 def rolling_upgrade(
     path: str | Path,
     *,
     settings: Mapping[str, object] | None = None,
-    batch: str = DEFAULT_BATCH,
-    restart_scheduler: bool = False,
+    options: UpgradeOptions | None = None,
     say: Say,
     on_progress: OnProgress,
-    timeout: float = 180.0,
-    restart_grace: float = 30.0,
-    retire_timeout: float = 600.0,
 ) -> UpgradeResult:
     """Upgrade the cluster of the inventory at ``path`` batch by batch (module docstring).
 
@@ -500,88 +434,68 @@ def rolling_upgrade(
     (exit 1) when the scheduler does not answer. Host failures are in the result.
     """
     path = Path(path)
+    options = options or UpgradeOptions()
     settings = dict(settings or {})
     edit = prepare_settings(path, settings) if settings else None
     inventory = edit.inventory if edit else load_inventory(path)
-    batches = plan_batches(inventory.workers, batch)
+    batches = plan_batches(inventory.workers, options.batch)
     with connection.scheduler_route(inventory) as dial:
-        return _upgrade_through(
-            inventory, dial, edit, settings, batch, batches, restart_scheduler, say,
-            on_progress, timeout, restart_grace, retire_timeout,
-        )  # fmt: skip
+        session = _open_session(inventory, dial)
+        upgrade = None
+        try:
+            upgrade = _start(inventory, session, dial, edit, settings, options, say, on_progress)
+            if needs_scheduler_restart(upgrade.inventory, upgrade.version):
+                return _restart_everything(upgrade)
+            return _roll(upgrade, batches)
+        finally:
+            session.close()
+            if upgrade is not None:  # _restart_everything connects again
+                upgrade.session.close()
 
 
-def _upgrade_through(
+def _start(
     inventory: Inventory,
+    session: SchedulerSession,
     dial: str,
     edit: InventoryEdit | None,
-    settings: dict[str, object],
-    batch: str,
-    batches: list[tuple[Host, ...]],
-    restart_scheduler: bool,
+    settings: Mapping[str, object],
+    options: UpgradeOptions,
     say: Say,
     on_progress: OnProgress,
-    timeout: float,
-    restart_grace: float,
-    retire_timeout: float,
-) -> UpgradeResult:
-    path = inventory.path
-    client = _client(inventory, dial)
-    clients: list[Client] = []
+) -> _Upgrade:
+    """Check the version change, record the settings, make the certificates current."""
     try:
-        running = scheduler_version(client)
-        differ = needs_scheduler_restart(inventory, running)
-        if differ and not restart_scheduler:
-            wanted = ", ".join(sorted(set(differ.values())))
-            raise UsageError(
-                f"{path}: dask_version {wanted} but the scheduler runs distributed {running}. "
-                "Client, scheduler and workers must run the same version, so this change "
-                "restarts the scheduler and every worker together, and every result held in "
-                "the cluster's memory is lost. Run again with --restart-scheduler to do that"
-                + ("; the inventory was not changed" if edit else "")
-            )
-        if edit is not None:
-            edit.write()
-            note = "" if edit.kept_comments else " (rewritten through PyYAML: comments dropped)"
-            shown = ", ".join(f"{k}={flow(v)}" for k, v in settings.items())
-            say(f"recorded in {path}{note}: {shown}")
-            inventory = load_inventory(path)
-        pki = None
-        if connection.tls_enabled(inventory):
-            pki = pki_module.ensure_pki(inventory, write=True)
-            say(f"tls: {pki.summary()}")
-        upgrade = _Upgrade(
-            inventory,
-            client,
-            say,
-            on_progress,
-            pki,
-            running,
-            timeout,
-            restart_grace,
-            retire_timeout,
-            dial,
-            host_addresses(inventory.hosts),
+        running = session.version()
+    except (OSError, TimeoutError, PkiError) as exc:
+        raise UpgradeError(f"the scheduler at {session.address} does not answer ({exc})") from None
+    differ = needs_scheduler_restart(inventory, running)
+    if differ and not options.restart_scheduler:
+        wanted = ", ".join(sorted(set(differ.values())))
+        raise UsageError(
+            f"{inventory.path}: dask_version {wanted} but the scheduler runs distributed "
+            f"{running}. Client, scheduler and workers must run the same version, so this "
+            "change restarts the scheduler and every worker together, and every result held "
+            "in the cluster's memory is lost. Run again with --restart-scheduler to do that"
+            + ("; the inventory was not changed" if edit else "")
         )
-        if differ:
-            try:
-                return _restart_everything(upgrade, path, settings, batch, differ)
-            finally:
-                clients.append(upgrade.client)
-        return _roll(upgrade, path, settings, batch, batches)
-    finally:
-        for opened in {client, *clients}:  # _restart_everything connects again
-            with contextlib.suppress(Exception):
-                opened.close()  # type: ignore[no-untyped-call]
+    if edit is not None:
+        edit.write()
+        note = "" if edit.kept_comments else " (rewritten through PyYAML: comments dropped)"
+        shown = ", ".join(f"{k}={flow(v)}" for k, v in settings.items())
+        say(f"recorded in {inventory.path}{note}: {shown}")
+        inventory = load_inventory(inventory.path)
+    pki, _ = prepare_tls(inventory)
+    if pki is not None:
+        say(f"tls: {pki.summary()}")
+    reading = read_cluster(inventory, ask_scheduler=False)
+    addresses = {name: host.addresses for name, host in reading.hosts.items()}
+    return _Upgrade(
+        inventory, session, dial, options, say, on_progress, pki, running, addresses,
+        settings=settings,
+    )  # fmt: skip
 
 
-def _roll(
-    upgrade: _Upgrade,
-    path: Path,
-    settings: Mapping[str, object],
-    batch: str,
-    batches: list[tuple[Host, ...]],
-) -> UpgradeResult:
+def _roll(upgrade: _Upgrade, batches: list[tuple[Host, ...]]) -> UpgradeResult:
     inventory = upgrade.inventory
     started = time.monotonic()
     say = upgrade.say
@@ -593,77 +507,55 @@ def _roll(
         result = upgrade.run_batch(index, len(batches), hosts, all_at_once)
         results.append(result)
         if result.outcome == "failed":
-            pending = tuple(h.name for b in batches[index:] for h in b)
-            return UpgradeResult(
-                path, tuple(results), pending, "not reached",
-                time.monotonic() - started, settings, batch, error=result.error,
-            )  # fmt: skip
+            pending = [h.name for b in batches[index:] for h in b]
+            return upgrade.result(started, results, pending, "not reached", result.error)
     scheduler = inventory.scheduler
-    in_batches = any(scheduler.name == h.name for b in batches for h in b)
-    if not in_batches:
+    if not any(scheduler.name == h.name for b in batches for h in b):
         say(f"scheduler host {scheduler.name}: staging the new runtime, no restart")
         staged, _ = upgrade.stage([scheduler])
         if not staged.succeeded:
-            return UpgradeResult(
-                path, tuple(results), (), "failed", time.monotonic() - started, settings, batch,
-                error=f"staging on the scheduler host failed: {_failure(staged)}",
-            )  # fmt: skip
+            error = f"staging on the scheduler host failed: {_failure(staged)}"
+            return upgrade.result(started, results, (), "failed", error)
     state = "staged" if upgrade.scheduler_staged else "current"
     if state == "staged":
         say(
             f"{scheduler.name}: the new unit and runtime are in place; the running scheduler "
             f"(distributed {upgrade.version}) carries on as it is until it next restarts"
         )
-    return UpgradeResult(
-        path, tuple(results), (), state, time.monotonic() - started, settings, batch
-    )
+    return upgrade.result(started, results, (), state)
 
 
-def _restart_everything(
-    upgrade: _Upgrade,
-    path: Path,
-    settings: Mapping[str, object],
-    batch: str,
-    differ: Mapping[str, str],
-) -> UpgradeResult:
+def _restart_everything(upgrade: _Upgrade) -> UpgradeResult:
     """A new distributed version: stage everywhere, then restart scheduler and workers."""
     inventory = upgrade.inventory
-    say = upgrade.say
     started = time.monotonic()
     names = tuple(h.name for h in inventory.hosts)
+    differ = needs_scheduler_restart(inventory, upgrade.version)
     wanted = ", ".join(sorted(set(differ.values())))
-    say(
+    upgrade.say(
         f"distributed {upgrade.version} -> {wanted}: staging on every host while the cluster "
         "keeps serving, then restarting the scheduler and every worker together; results "
         "held in the cluster's memory are lost"
     )
+
+    def failed(scheduler: str, error: str) -> UpgradeResult:
+        batch = BatchResult(1, names, "failed", time.monotonic() - started, error=error)
+        return upgrade.result(started, (batch,), (), scheduler, error)
+
     staged, _ = upgrade.stage(inventory.hosts)
     if not staged.succeeded:
-        failed = BatchResult(
-            1,
-            names,
-            "failed",
-            time.monotonic() - started,
-            error=f"staging failed: {_failure(staged)}",
-        )
-        return UpgradeResult(
-            path, (failed,), (), "not reached", failed.seconds, settings, batch, failed.error
-        )
-    upgrade.client.close()  # type: ignore[no-untyped-call]
+        return failed("not reached", f"staging failed: {_failure(staged)}")
+    upgrade.session.close()
     restarted = upgrade.restart(inventory.hosts, ["scheduler", "worker"])
     if not restarted.succeeded:
-        error = f"restart failed: {_failure(restarted)}"
-        failed = BatchResult(1, names, "failed", time.monotonic() - started, error=error)
-        return UpgradeResult(path, (failed,), (), "failed", failed.seconds, settings, batch, error)
-    upgrade.client = _client(inventory, upgrade.dial)
-    upgrade.version = scheduler_version(upgrade.client)
+        return failed("failed", f"restart failed: {_failure(restarted)}")
+    upgrade.session = _open_session(inventory, upgrade.dial)
+    upgrade.version = upgrade.session.version()
     fresh, error = upgrade.wait_registered(inventory.workers, set())
     registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))
     error = error or upgrade.check_new(registered)
-    outcome = "failed" if error else "upgraded"
-    result = BatchResult(
-        1, names, outcome, time.monotonic() - started, restarted=names, registered=registered,
-        error=error,
+    batch = BatchResult(
+        1, names, "failed" if error else "upgraded", time.monotonic() - started,
+        restarted=names, registered=registered, error=error,
     )  # fmt: skip
-    state = "failed" if error else "restarted"
-    return UpgradeResult(path, (result,), (), state, result.seconds, settings, batch, error)
+    return upgrade.result(started, (batch,), (), "failed" if error else "restarted", error)

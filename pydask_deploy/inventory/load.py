@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -28,330 +27,35 @@ from typing import Any, TypeAlias
 
 import yaml
 
+from pydask_deploy.contract import SCHEDULER_GROUP, WORKERS_GROUP
 from pydask_deploy.errors import InventoryError
 from pydask_deploy.inventory import cache as inventory_cache
-from pydask_deploy.resources import playbook_path, roles_path
-
-SCHEDULER_GROUP = "dask_scheduler"
-WORKERS_GROUP = "dask_workers"
-
-
-def _empty() -> Mapping[str, object]:
-    return MappingProxyType({})
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Host:
-    """One machine of the cluster as the inventory names it.
-
-    ``address`` is ``ansible_host`` (else the name), ``port`` is ``ansible_port`` (else 22),
-    ``user`` is ``ansible_user`` (else None: SSH decides). ``vars`` holds every variable
-    Ansible resolves for the host from the inventory (``ansible_*`` included, Ansible's magic
-    variables excluded), as written: Jinja templates are not rendered.
-    """
-
-    name: str
-    address: str
-    port: int = 22
-    user: str | None = None
-    vars: Mapping[str, object] = field(default_factory=_empty, hash=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """A validated inventory: one scheduler and zero or more workers.
-
-    ``defaults`` are the ``dask_*`` defaults of the shipped roles; ``dask_vars`` lays a
-    host's inventory values over them, which is what the roles will see (before Jinja).
-    """
-
-    path: Path
-    scheduler: Host
-    workers: tuple[Host, ...]
-    defaults: Mapping[str, object] = field(default_factory=_empty, hash=False, repr=False)
-
-    @property
-    def hosts(self) -> tuple[Host, ...]:
-        """Every host of the cluster once, the scheduler first (it may also be a worker)."""
-        return (self.scheduler, *(w for w in self.workers if w.name != self.scheduler.name))
-
-    def host(self, name: str) -> Host:
-        """Return the cluster host called ``name`` (KeyError if there is none)."""
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise KeyError(name)
-
-    def dask_vars(self, host: Host | str) -> Mapping[str, object]:
-        """Return the ``dask_*`` variables of a host: role defaults, then inventory values."""
-        found = self.host(host) if isinstance(host, str) else host
-        merged = dict(self.defaults)
-        merged.update((k, v) for k, v in found.vars.items() if k.startswith("dask_"))
-        return MappingProxyType(merged)
-
-
-# --------------------------------------------------------------------------- value checks
-
-# A check returns None when the value is fine, else what it must be ("must be ...").
-Check: TypeAlias = Callable[[object], str | None]
-
-_JINJA = re.compile(r"{{|{%")
-_VERSION = re.compile(
-    r"^v?\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9]+(\.[a-z0-9]+)*)?$", re.I
+from pydask_deploy.inventory.model import Host, Inventory
+from pydask_deploy.inventory.variables import (
+    ANSIBLE_TYPES,
+    MAGIC_VARS,
+    VAR_TYPES,
+    Vault,
+    is_int,
+    known_variables,
+    role_defaults,
+    templated,
 )
-_POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_URL = re.compile(r"^(https?|file)://\S+$")
-_DURATION = re.compile(r"^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|minutes?|hours?)?$")
-_SIZE = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*([kmgtp]i?b?|b)?\s*$", re.I)
-_RESOURCE_NAME = re.compile(r"^[^\s=,]+$")
+from pydask_deploy.resources import playbook_path
 
-# The image reference grammar of distribution/reference (reference/regexp.go).
-_ALNUM = r"[a-z0-9]+"
-_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_IMAGE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?", re.ASCII)
-
-
-def _templated(value: object) -> bool:
-    """Tell whether Ansible will compute the value later (Jinja, or a vault secret)."""
-    return isinstance(value, _Vault) or (isinstance(value, str) and bool(_JINJA.search(value)))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _int_at_least(low: int, what: str) -> Check:
-    def check(value: object) -> str | None:
-        return None if _is_int(value) and value >= low else f"must be {what}"  # type: ignore[operator]
-
-    return check
-
-
-def _port(value: object) -> str | None:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    ok = _is_int(value) and 1 <= value <= 65535  # type: ignore[operator]
-    return None if ok else "must be a port number (an integer 1-65535)"
-
-
-def _boolean(value: object) -> str | None:
-    return None if isinstance(value, bool) else "must be a boolean (true or false)"
-
-
-def _string(value: object) -> str | None:
-    return None if isinstance(value, str) else "must be a string"
-
-
-def _matching(pattern: re.Pattern[str], what: str, empty_ok: bool = False) -> Check:
-    def check(value: object) -> str | None:
-        if isinstance(value, str) and ((empty_ok and not value) or pattern.fullmatch(value)):
-            return None
-        return f"must be {what}"
-
-    return check
-
-
-def _absolute_path(empty_ok: bool) -> Check:
-    what = "an absolute path" + (" or ''" if empty_ok else "")
-
-    def check(value: object) -> str | None:
-        if isinstance(value, str) and ((empty_ok and not value) or value.startswith("/")):
-            return None
-        return f"must be {what}"
-
-    return check
-
-
-def _choice(*choices: str) -> Check:
-    listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
-
-    def check(value: object) -> str | None:
-        return None if value in choices else f"must be one of {listed}"
-
-    return check
-
-
-def _string_list(value: object) -> str | None:
-    ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
-    return None if ok else "must be a list of strings"
-
-
-def _version(value: object) -> str | None:
-    if isinstance(value, str) and _VERSION.fullmatch(value):
-        return None
-    if _is_number(value):
-        return "must be a version string such as '2026.8.0' (quote it: YAML reads it as a number)"
-    return "must be a version string such as '2026.8.0'"
-
-
-def _image(value: object) -> str | None:
-    if isinstance(value, str) and (not value or _valid_image(value)):
-        return None
-    return "must be an image reference such as 'ghcr.io/dask/dask:2026.8.0'"
-
-
-def _valid_image(value: str) -> bool:
-    found = _IMAGE.fullmatch(value)
-    return found is not None and len(found["name"]) <= 255
-
-
-def _memory_limit(value: object) -> str | None:
-    if _is_int(value) and value >= 0:  # type: ignore[operator]
-        return None
-    if isinstance(value, float) and 0 < value <= 1:
-        return None
-    if isinstance(value, str) and (value.strip().lower() == "auto" or _size(value)):
-        return None
-    return "must be 'auto', a byte count, a fraction 0 < x <= 1 or a size such as '4GiB'"
-
-
-def _size(text: str) -> bool:
-    """Tell whether ``text`` is a size Dask understands, such as '4GiB' or '500MB'."""
-    try:
-        from dask.utils import parse_bytes
-    except ImportError:  # pragma: no cover - dask is a dependency, but only needed here
-        return bool(_SIZE.fullmatch(text))
-    try:
-        return int(parse_bytes(text)) > 0
-    except (ValueError, TypeError):
-        return False
-
-
-def _resources(value: object) -> str | None:
-    ok = isinstance(value, dict) and all(
-        isinstance(name, str)
-        and _RESOURCE_NAME.fullmatch(name)
-        and (_templated(amount) or (_is_number(amount) and amount >= 0))
-        for name, amount in value.items()
-    )
-    return None if ok else "must be a mapping of resource name to number, such as {GPU: 2}"
-
-
-def _timeout(value: object) -> str | None:
-    ok = (_is_number(value) and value > 0) or (  # type: ignore[operator]
-        isinstance(value, str) and _DURATION.fullmatch(value.strip())
-    )
-    return None if ok else "must be a positive number of seconds or a duration such as '60s'"
-
-
-_any_string = _string
-_positive_int = _int_at_least(1, "a positive integer")
-
-# The type of every known ``dask_*`` variable. A variable in a role's defaults/main.yml must
-# have an entry here (tests/test_inventory.py checks it); add new ones next to their kin.
-VAR_TYPES: Mapping[str, Check] = MappingProxyType(
-    {
-        # dask_common
-        "dask_user": _matching(_POSIX_NAME, "a user name such as 'dask'"),
-        "dask_group": _matching(_POSIX_NAME, "a group name such as 'dask'"),
-        "dask_base_dir": _absolute_path(empty_ok=False),
-        "dask_config_dir": _absolute_path(empty_ok=False),
-        "dask_data_dir": _absolute_path(empty_ok=False),
-        # dask_runtime
-        "dask_version": _version,
-        "dask_runtime": _choice("venv", "conda", "docker"),
-        "dask_python_packages": _string_list,
-        "dask_venv_python": _absolute_path(empty_ok=False),
-        "dask_pip_index_url": _matching(_URL, "an http(s):// or file:// URL or ''", True),
-        "dask_pip_trusted_host": _any_string,
-        "dask_wheelhouse": _any_string,
-        "dask_wheelhouse_download": _boolean,
-        "dask_conda_installer_url": _matching(_URL, "an http(s):// or file:// URL"),
-        "dask_conda_installer_file": _any_string,
-        "dask_conda_prefix": _absolute_path(empty_ok=False),
-        "dask_conda_environment_file": _any_string,
-        "dask_docker_image": _image,
-        "dask_docker_image_tarball": _any_string,
-        "dask_docker_install": _boolean,
-        # dask_scheduler
-        "dask_scheduler_address": _any_string,
-        "dask_scheduler_host": _any_string,
-        "dask_scheduler_port": _port,
-        "dask_dashboard_port": _port,
-        "dask_dashboard_address": _any_string,
-        "dask_scheduler_extra_args": _string_list,
-        # dask_worker
-        "dask_worker_nworkers": _positive_int,
-        "dask_worker_nthreads": _int_at_least(0, "a positive integer"),  # 0: one per core
-        "dask_worker_memory_limit": _memory_limit,
-        "dask_worker_resources": _resources,
-        "dask_worker_name": _any_string,
-        "dask_worker_local_directory": _absolute_path(empty_ok=True),
-        "dask_worker_death_timeout": _timeout,
-        "dask_worker_extra_args": _string_list,
-        # TLS
-        "dask_tls": _boolean,
-        "dask_tls_cert_days": _positive_int,
-        "dask_tls_renew_days": _int_at_least(0, "an integer >= 0"),
-        "dask_tls_pki_dir": _any_string,
-    }
-)
-
-# Ansible's connection variables that pydask-deploy reads itself.
-_ANSIBLE_TYPES: Mapping[str, Check] = MappingProxyType(
-    {
-        "ansible_host": _matching(re.compile(r"^\S+$"), "a host name or IP address"),
-        "ansible_port": _port,
-        "ansible_user": _matching(re.compile(r"^\S+$"), "a user name"),
-    }
-)
-
-# Variables VariableManager adds to every host; they do not come from the inventory.
-_MAGIC_VARS = frozenset(
-    {
-        "ansible_config_file",
-        "ansible_facts",
-        "ansible_playbook_python",
-        "ansible_version",
-        "group_names",
-        "groups",
-        "hostvars",
-        "inventory_dir",
-        "inventory_file",
-        "inventory_hostname",
-        "inventory_hostname_short",
-        "omit",
-        "playbook_dir",
-    }
-)
-
-
-def role_defaults() -> dict[str, object]:
-    """Return the defaults of the shipped roles (``roles/*/defaults/main.yml``), merged."""
-    defaults: dict[str, object] = {}
-    for role in sorted(roles_path().glob("*/defaults/main.y*ml")):
-        try:
-            data = yaml.safe_load(role.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:  # a broken role is a bug, not bad input
-            raise RuntimeError(f"cannot read role defaults {role}: {exc}") from exc
-        if isinstance(data, dict):
-            for key, value in data.items():
-                defaults.setdefault(str(key), value)
-    return defaults
-
-
-def known_variables() -> frozenset[str]:
-    """Return every ``dask_*`` variable name pydask-deploy knows."""
-    return frozenset(VAR_TYPES) | frozenset(k for k in role_defaults() if k.startswith("dask_"))
+__all__ = [
+    "SCHEDULER_GROUP",
+    "VAR_TYPES",
+    "WORKERS_GROUP",
+    "Host",
+    "Inventory",
+    "known_variables",
+    "load_inventory",
+    "role_defaults",
+]
 
 
 # --------------------------------------------------------------------------- YAML pass
-
-
-class _Vault:
-    """An Ansible ``!vault`` value: encrypted, so never checked."""
 
 
 class _Map(dict[Any, Any]):
@@ -392,7 +96,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Map]:
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("!vault", lambda loader, node: _Vault())
+_Loader.add_constructor("!vault", lambda loader, node: Vault())
 _Loader.add_constructor("!unsafe", lambda loader, node: str(node.value))
 
 
@@ -402,7 +106,7 @@ def _show(value: object) -> str:
         text = "true" if value else "false"
     elif value is None:
         text = "null"
-    elif isinstance(value, _Vault):
+    elif isinstance(value, Vault):
         text = "!vault"
     else:
         text = repr(value)
@@ -486,8 +190,8 @@ def _check_vars(
             hint = f"; did you mean `{close[0]}`?" if close else " (not a pydask-deploy variable)"
             problems.add(where, f"{prefix}unknown variable `{key}`{hint}")
             continue
-        check = VAR_TYPES.get(key) or _ANSIBLE_TYPES.get(key)
-        if check is None or _templated(value):
+        check = VAR_TYPES.get(key) or ANSIBLE_TYPES.get(key)
+        if check is None or templated(value):
             continue
         expected = check(value)
         if expected:
@@ -732,7 +436,7 @@ def _resolve(path: Path) -> _Resolved:
     for host in inventory.get_hosts():
         resolved = variables.get_vars(host=host, include_hostvars=False)
         hosts[str(host.name)] = {
-            str(k): _plain(v) for k, v in resolved.items() if k not in _MAGIC_VARS
+            str(k): _plain(v) for k, v in resolved.items() if k not in MAGIC_VARS
         }
     groups = {
         str(name): [str(h.name) for h in group.get_hosts()]
@@ -753,7 +457,7 @@ def _make_host(name: str, host_vars: dict[str, object]) -> Host:
     return Host(
         name=name,
         address=address if isinstance(address, str) and address else name,
-        port=port if _is_int(port) else 22,  # type: ignore[arg-type]
+        port=port if is_int(port) else 22,  # type: ignore[arg-type]
         user=user if isinstance(user, str) and user else None,
         vars=MappingProxyType(host_vars),
     )
@@ -795,7 +499,7 @@ def _check_cluster(
 
     by_endpoint: dict[tuple[str, int], list[str]] = {}
     for host in hosts.values():
-        if not _templated(host.address):
+        if not templated(host.address):
             by_endpoint.setdefault((host.address, host.port), []).append(host.name)
     for (address, port), names in by_endpoint.items():
         if len(names) > 1:
@@ -808,7 +512,7 @@ def _check_cluster(
     if schedulers:
         sched = schedulers[0]
         sched_port = setting(sched, "dask_scheduler_port")
-        if _is_int(sched_port) and sched_port == setting(sched, "dask_dashboard_port"):
+        if is_int(sched_port) and sched_port == setting(sched, "dask_dashboard_port"):
             problems.add(
                 shown,
                 f"host '{sched}': `dask_scheduler_port` and `dask_dashboard_port` are both "

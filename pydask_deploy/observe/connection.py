@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydask_deploy.deploy import pki
-from pydask_deploy.errors import DeployError, UsageError
+from pydask_deploy.errors import PkiError, SchedulerUnreachable, UsageError
 from pydask_deploy.inventory import Inventory
 from pydask_deploy.observe import remote
 
 if TYPE_CHECKING:
-    from distributed import Security
+    pass
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,6 @@ class ClientConfig:
             "require_encryption": self.tls,
             "dashboard": self.dashboard,
         }
-
-
-class SchedulerUnreachable(DeployError, OSError):
-    """The way to the scheduler (an SSH port forward through the jump host) cannot be opened."""
 
 
 def _str(path: Path | None) -> str | None:
@@ -175,23 +171,8 @@ def client_config(inventory: Inventory) -> ClientConfig:
     files = (directory / "ca.crt", directory / "client.crt", directory / "client.key")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise pki.PkiError(
+        raise PkiError(
             f"no client certificate for {inventory.path} yet ({', '.join(missing)} missing); "
             f"`pydask-deploy apply {inventory.path}` makes them"
         )
     return ClientConfig(address, *files, dashboard=dashboard)
-
-
-def client_security(inventory: Inventory) -> Security | None:
-    """A ``distributed.Security`` with the client certificate, or None without TLS."""
-    config = client_config(inventory)
-    if not config.tls:
-        return None
-    from distributed import Security
-
-    return Security(  # type: ignore[no-untyped-call]
-        tls_ca_file=str(config.tls_ca_file),
-        tls_client_cert=str(config.tls_client_cert),
-        tls_client_key=str(config.tls_client_key),
-        require_encryption=True,
-    )

@@ -15,10 +15,10 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import remote
-from pydask_deploy.observe.verify import SCHEDULER_UNIT, WORKER_UNIT
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0

@@ -1,47 +1,41 @@
-"""The cluster at a glance: one SSH round to every host and one scheduler query, together.
+"""The cluster at a glance: what ``status`` reads, and whether the cluster is healthy.
 
-Reading only. Each host runs one shell command (``probe_command``) that prints everything
-status needs: each dask unit's state, start time, restarts and runtime, the host's addresses
-and its listening TCP ports. ``parse_probe`` turns that text into values (a pure function, so
-it is tested without SSH). At the same time a ``distributed`` client asks the scheduler who is
-registered, with what memory and tasks, and which versions everyone runs. ``collect_status``
-joins both into a ``ClusterStatus`` that says whether the cluster is healthy and, if not, what
-is wrong and what to do next.
+Reading only, through the read side (``observe/cluster.py``): in its one round each host also
+runs ``probe_script``, which prints each dask unit's state, start time, restarts and runtime
+and the host's listening TCP ports; ``parse_probe`` turns that text into values (a pure
+function, tested without SSH). ``assess`` joins the hosts and the scheduler's view into a
+``ClusterStatus`` that says whether the cluster is healthy and, if not, what is wrong and what
+to do next. Drawing it is the command line's business (``cli/render.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import importlib
 import re
 import shlex
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pydask_deploy.deploy.pki import PkiError
+from pydask_deploy.contract import SCHEDULER_UNIT, UNIT_RUNTIME_COMMENT, WORKER_UNIT
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.observe import connection, remote
-from pydask_deploy.observe.verify import SCHEDULER_UNIT, WORKER_UNIT
+from pydask_deploy.observe import cluster, remote
+from pydask_deploy.observe.scheduler import (
+    SchedulerLink,
+    SchedulerView,
+    WorkerView,
+    quiet_versions,
+)
 
-CONNECT_TIMEOUT = 5.0
-COMMAND_TIMEOUT = 10.0
-SCHEDULER_TIMEOUT = 5.0
+__all__ = ["SchedulerView", "WorkerView"]  # the scheduler's values, as status shows them
 
 # Packages whose versions must match between scheduler and workers (distributed's own list
 # of required packages); python is compared by major.minor: a patch level does not matter.
 SKEW_PACKAGES = ("python", "dask", "distributed", "msgpack", "cloudpickle", "toolz", "tornado")
 # What a client on this machine must share with the cluster.
 CLIENT_PACKAGES = ("dask", "distributed")
-
-# Tasks a worker is running, and every task the scheduler has handed it and is not done.
-_RUNNING_STATES = ("executing", "long-running")
-_PROCESSING_STATES = ("executing", "long-running", "ready", "constrained", "waiting")
-
 
 # --------------------------------------------------------------------------- the SSH probe
 
@@ -67,7 +61,7 @@ out=$(systemctl show "$u" --timestamp=unix $props 2>/dev/null) ||
   out=$(systemctl show "$u" $props 2>/dev/null)
 printf '%s\n' "$out"
 frag=$(printf '%s\n' "$out" | sed -n 's/^FragmentPath=//p')
-[ -n "$frag" ] && [ -r "$frag" ] && sed -n 's/^# runtime: */Runtime=/p' "$frag" | head -n 1
+[ -n "$frag" ] && [ -r "$frag" ] && sed -n 's/^{runtime_comment}*/Runtime=/p' "$frag" | head -n 1
 exe=$(printf '%s\n' "$out" | sed -n 's/^ExecStart={{ path=\([^ ;]*\).*/\1/p' | head -n 1)
 case "$exe" in */bin/*)
   for d in "${{exe%/bin/*}}"/lib/python*/site-packages/distributed-*.dist-info; do
@@ -80,21 +74,26 @@ cg=$(printf '%s\n' "$out" | sed -n 's/^ControlGroup=//p')
 """
 
 _PROBE_HOST = r"""
-echo "@@addresses"
-hostname -I 2>/dev/null || ip -o addr show 2>/dev/null | awk '{print $4}' | cut -d/ -f1
 echo "@@listening"
 ss -ltnpH 2>/dev/null || ss -ltnp 2>/dev/null
-echo "@@end"
 """
 
 
-def probe_command(units: Sequence[str]) -> str:
-    """The one shell command that prints what status needs from a host with these units."""
+def probe_script(units: Sequence[str]) -> str:
+    """What status adds to a host's command in the read round, for a host with these units."""
+    props = " ".join(f"-p {p}" for p in _UNIT_PROPERTIES)
     script = "".join(
-        _PROBE_UNIT.format(unit=shlex.quote(u), props=" ".join(f"-p {p}" for p in _UNIT_PROPERTIES))
+        _PROBE_UNIT.format(
+            unit=shlex.quote(u), props=props, runtime_comment=UNIT_RUNTIME_COMMENT.rstrip()
+        )
         for u in units
     )
-    return "sh -c " + shlex.quote(script + _PROBE_HOST)
+    return script + _PROBE_HOST
+
+
+def probe_command(units: Sequence[str]) -> str:
+    """The whole command a host with these units runs in the status round."""
+    return cluster.round_command(probe_script(units))
 
 
 @dataclass(frozen=True)
@@ -248,145 +247,22 @@ def _listener(line: str) -> Listener | None:
 def parse_probe(text: str) -> HostProbe:
     """Read what ``probe_command`` printed. Unknown lines are skipped; nothing raises."""
     units: dict[str, UnitState] = {}
-    addresses: list[str] = []
     listeners: list[Listener] = []
-    section = ""
-    unit_name = ""
-    values: dict[str, str] = {}
-
-    def close_unit() -> None:
-        if unit_name:
-            units[unit_name] = _unit_from(unit_name, values)
-
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            close_unit()
-            section, _, arg = line[2:].partition(" ")
-            unit_name = arg.strip() if section == "unit" else ""
-            values = {}
-            continue
-        if section == "unit":
-            key, sep, value = line.partition("=")
-            if sep and key and key not in values:
-                values[key] = value
-        elif section == "addresses":
-            addresses += line.split()
+    for section, lines in cluster.sections(text).items():
+        kind, _, name = section.partition(" ")
+        if kind == "unit" and name.strip():
+            values: dict[str, str] = {}
+            for line in lines:
+                key, sep, value = line.partition("=")
+                if sep and key and key not in values:
+                    values[key] = value
+            units[name.strip()] = _unit_from(name.strip(), values)
         elif section == "listening":
-            found = _listener(line)
-            if found is not None:
-                listeners.append(found)
-    close_unit()
-    return HostProbe(units, tuple(dict.fromkeys(addresses)), tuple(listeners))
+            listeners += [found for line in lines if (found := _listener(line)) is not None]
+    return HostProbe(units, cluster.addresses_in(text), tuple(listeners))
 
 
-# --------------------------------------------------------------------------- the scheduler
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    """One worker as the scheduler sees it."""
-
-    address: str
-    host: str
-    name: str
-    memory: int
-    memory_limit: int
-    running: int
-    processing: int
-
-
-@dataclass(frozen=True)
-class SchedulerView:
-    """The scheduler's answer, or why there was none (``error``)."""
-
-    address: str
-    error: str | None = None
-    workers: tuple[WorkerView, ...] = ()
-    versions: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-    @property
-    def answered(self) -> bool:
-        return self.error is None
-
-
-def workers_from_identity(identity: Mapping[str, Any]) -> tuple[WorkerView, ...]:
-    """Read the workers out of ``Scheduler.identity(n_workers=-1)``."""
-    found = []
-    for address, info in sorted((identity.get("workers") or {}).items()):
-        metrics = info.get("metrics") or {}
-        counts = metrics.get("task_counts") or {}
-        found.append(
-            WorkerView(
-                address=str(address),
-                host=str(info.get("host", "")),
-                name=str(info.get("name", address)),
-                memory=int(metrics.get("memory") or 0),
-                memory_limit=int(info.get("memory_limit") or 0),
-                running=sum(int(counts.get(s, 0)) for s in _RUNNING_STATES),
-                processing=sum(int(counts.get(s, 0)) for s in _PROCESSING_STATES),
-            )
-        )
-    return tuple(found)
-
-
-class SchedulerLink:
-    """A client to the scheduler, kept open across ``--watch`` rounds.
-
-    One client for the whole watch keeps the scheduler's log free of a connect and a
-    disconnect every round. After a failure the client is closed and the next round
-    connects afresh.
-    """
-
-    def __init__(
-        self, inventory: Inventory, timeout: float = SCHEDULER_TIMEOUT, dial: str | None = None
-    ) -> None:
-        self.inventory = inventory
-        self.address = connection.cluster_address(inventory)
-        self.dial = dial or self.address  # a loopback forward when behind a jump host
-        self.timeout = timeout
-        self._client: Any = None
-
-    async def view(self) -> SchedulerView:
-        """Ask the scheduler who is registered and which versions everyone runs."""
-        # distributed takes half a second to import: do it in a thread so that the SSH
-        # round, waiting on the network meanwhile, keeps moving on the event loop
-        await asyncio.to_thread(importlib.import_module, "distributed")
-        from distributed import Client
-
-        try:
-            if self._client is None:
-                # the client certificate apply made, when the cluster runs with TLS
-                security = connection.client_security(self.inventory)
-                self._client = await Client(  # type: ignore[no-untyped-call]
-                    self.dial, security=security, asynchronous=True, timeout=self.timeout
-                )
-            identity, versions = await asyncio.wait_for(
-                asyncio.gather(
-                    self._client.scheduler.identity(n_workers=-1), self._client.get_versions()
-                ),
-                self.timeout,
-            )
-        except (OSError, TimeoutError, PkiError) as exc:
-            await self.close()
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return SchedulerView(self.address, error=text)
-        workers = workers_from_identity(identity)
-        return SchedulerView(self.address, workers=workers, versions=versions)
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(OSError, TimeoutError):
-                await client.close()
-
-
-async def ask_scheduler(inventory: Inventory, timeout: float = SCHEDULER_TIMEOUT) -> SchedulerView:
-    """Ask the scheduler once who is registered and which versions everyone runs."""
-    link = SchedulerLink(inventory, timeout)
-    try:
-        return await link.view()
-    finally:
-        await link.close()
+# --------------------------------------------------------------------------- versions
 
 
 def _major_minor(version: str) -> str:
@@ -588,15 +464,6 @@ def _iso(epoch: float | None) -> str | None:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
-def _expected_workers(inventory: Inventory, host: Host) -> int | None:
-    value = inventory.dask_vars(host).get("dask_worker_nworkers")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None  # a Jinja template: only Ansible knows
-
-
 def host_roles(inventory: Inventory, host: Host) -> tuple[tuple[str, str], ...]:
     """(role, unit) pairs a host runs: the scheduler first."""
     roles = []
@@ -613,25 +480,32 @@ def assess(
     view: SchedulerView,
     seconds: float = 0.0,
     checked_at: float | None = None,
+    addresses: Mapping[str, Collection[str]] | None = None,
 ) -> ClusterStatus:
-    """Join the SSH round and the scheduler's view into a ``ClusterStatus`` (pure)."""
+    """Join the SSH round and the scheduler's view into a ``ClusterStatus`` (pure).
+
+    ``addresses`` are each host's addresses as the read round learnt them; without them, a
+    host's inventory address and those its probe reported.
+    """
     shown = str(inventory.path)
     logs_hint = "see `pydask-deploy logs {inv} {host}`"
     problems: list[Problem] = []
     hosts: list[HostStatus] = []
-    claimed: set[str] = set()
-    worker_names: dict[str, str] = {}
+    if addresses is None:
+        addresses = {
+            h.name: {h.address, *(p.addresses if isinstance(p, HostProbe) else ())}
+            for h in inventory.hosts
+            for p in [probes.get(h.name)]
+        }
+    registered, strangers = cluster.assign_workers(view.workers, addresses)
+    worker_names = {w.address: name for name, ws in registered.items() for w in ws}
 
     for host in inventory.hosts:
         roles = host_roles(inventory, host)
         probe = probes.get(host.name)
         is_worker = any(role == "worker" for role, _ in roles)
-        expected = _expected_workers(inventory, host) if is_worker else None
-        addresses = probe.addresses if isinstance(probe, HostProbe) else ()
-        mine = {host.address, *addresses}
-        workers = tuple(w for w in view.workers if w.host in mine)
-        claimed.update(w.address for w in workers)
-        worker_names.update((w.address, host.name) for w in workers)
+        expected = cluster.expected_workers(inventory, host) if is_worker else None
+        workers = registered.get(host.name, ())
         hint = logs_hint.format(inv=shown, host=host.name)
         if not isinstance(probe, HostProbe):
             reason = probe.reason if probe is not None else "not probed"
@@ -675,7 +549,7 @@ def assess(
                 host.address,
                 tuple(r for r, _ in roles),
                 units=tuple(rows),
-                addresses=addresses,
+                addresses=probe.addresses,
                 expected=expected,
                 workers=workers,
             )
@@ -714,7 +588,6 @@ def assess(
                 f"run `pydask-deploy apply {shown}` to put every host on one runtime",
             )
         )
-    strangers = tuple(w for w in view.workers if w.address not in claimed)
     return ClusterStatus(
         inventory=shown,
         hosts=tuple(hosts),
@@ -729,33 +602,23 @@ def assess(
 
 
 async def _collect(inventory: Inventory, link: SchedulerLink) -> ClusterStatus:
-    started = time.monotonic()
-    targets = {h.name: remote.ssh_target(h, CONNECT_TIMEOUT) for h in inventory.hosts}
-    commands = {
-        h.name: probe_command([unit for _, unit in host_roles(inventory, h)])
+    scripts = {
+        h.name: probe_script([unit for _, unit in host_roles(inventory, h)])
         for h in inventory.hosts
     }
-    results, view = await asyncio.gather(
-        remote.run_on_hosts(targets, commands, COMMAND_TIMEOUT), link.view()
-    )
+    reading = await cluster.read(inventory, link, scripts)
     probes: dict[str, HostProbe | remote.Unreachable] = {}
-    for name, result in results.items():
-        if isinstance(result, remote.Unreachable):
-            probes[name] = result
-        elif "@@end" not in result.stdout:
-            tail = result.stderr.strip().splitlines() or [f"exit status {result.exit_status}"]
+    for name, host in reading.hosts.items():
+        answer = host.answer
+        if isinstance(answer, remote.Unreachable):
+            probes[name] = answer
+        elif cluster.END not in answer.stdout:
+            tail = answer.stderr.strip().splitlines() or [f"exit status {answer.exit_status}"]
             probes[name] = remote.Unreachable(f"status command failed: {tail[-1]}")
         else:
-            probes[name] = parse_probe(result.stdout)
-    return assess(inventory, probes, view, seconds=time.monotonic() - started)
-
-
-@contextlib.contextmanager
-def _quiet_versions() -> Iterator[None]:
-    """Silence distributed's VersionMismatchWarning: status reports skew itself, precisely."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Mismatched versions found")
-        yield
+            probes[name] = parse_probe(answer.stdout)
+    addresses = {name: host.addresses for name, host in reading.hosts.items()}
+    return assess(inventory, probes, reading.scheduler, reading.seconds, addresses=addresses)
 
 
 def collect_status(inventory: Inventory) -> ClusterStatus:
@@ -768,7 +631,7 @@ def collect_status(inventory: Inventory) -> ClusterStatus:
         finally:
             await link.close()
 
-    with _quiet_versions(), _route(inventory) as dial:
+    with quiet_versions(), cluster.scheduler_dial(inventory) as dial:
         return asyncio.run(once(dial))
 
 
@@ -788,126 +651,5 @@ def watch_status(
         finally:
             await link.close()
 
-    with _quiet_versions(), _route(inventory) as dial:
+    with quiet_versions(), cluster.scheduler_dial(inventory) as dial:
         asyncio.run(loop(dial))
-
-
-@contextlib.contextmanager
-def _route(inventory: Inventory) -> Iterator[str]:
-    """The scheduler's dial address; a forward that cannot open leaves the direct address,
-    so the round still reports every host and the scheduler's error."""
-    try:
-        with connection.scheduler_route(inventory) as dial:
-            yield dial
-            return
-    except connection.SchedulerUnreachable:
-        pass
-    yield connection.cluster_address(inventory)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _age(epoch: float | None, now: float) -> str:
-    if epoch is None:
-        return "-"
-    seconds = max(0, int(now - epoch))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            whole, rest = divmod(seconds, size)
-            small = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
-            part = rest // small[1]
-            return f"{whole}{unit}{part}{small[0]} ago" if part else f"{whole}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def _bytes(count: int) -> str:
-    from dask.utils import format_bytes
-
-    return str(format_bytes(count)).replace(" ", "")
-
-
-def _runtime(state: UnitState) -> str:
-    if state.runtime and state.distributed:
-        return f"{state.runtime} ({state.distributed})"
-    return state.runtime or state.distributed or "-"
-
-
-def table_rows(status: ClusterStatus) -> list[list[str]]:
-    """The status table, header first: one row per unit (or per unreachable host)."""
-    header = [
-        "HOST",
-        "ROLE",
-        "UNIT STATE",
-        "SINCE",
-        "RESTARTS",
-        "RUNTIME",
-        "PORTS",
-        "WORKERS",
-        "MEMORY",
-        "TASKS",
-    ]
-    rows = [header]
-    now = status.checked_at
-    total = sum(h.expected or 0 for h in status.hosts)
-    for host in status.hosts:
-        if not host.reachable:
-            rows.append([host.name, ",".join(host.roles), f"unreachable ({host.error})"])
-            continue
-        for row in host.units:
-            u = row.state
-            if row.role == "worker":
-                workers = f"{len(host.workers)}/{host.expected if host.expected else '?'}"
-                memory = (
-                    f"{_bytes(sum(w.memory for w in host.workers))}/"
-                    f"{_bytes(sum(w.memory_limit for w in host.workers))}"
-                    if host.workers
-                    else "-"
-                )
-                tasks = (
-                    f"{sum(w.running for w in host.workers)}/"
-                    f"{sum(w.processing for w in host.workers)}"
-                    if host.workers
-                    else "-"
-                )
-            else:
-                answered = status.scheduler.answered
-                workers = f"{len(status.scheduler.workers)}/{total} total" if answered else "-"
-                memory = tasks = "-"
-            rows.append(
-                [
-                    host.name,
-                    row.role,
-                    u.state,
-                    _age(u.since, now) if u.active else "-",
-                    "-" if u.restarts is None else str(u.restarts),
-                    _runtime(u),
-                    ",".join(map(str, row.ports)) or "-",
-                    workers,
-                    memory,
-                    tasks,
-                ]
-            )
-    for w in status.strangers:
-        rows.append(
-            ["(" + w.host + ")", "worker", "not in inventory", "-", "-", "-", "-", "1", "-", "-"]
-        )
-    return rows
-
-
-def render_table(rows: Iterable[Sequence[str]]) -> list[str]:
-    """Align rows in columns; a short row's last cell runs on past the columns."""
-    rows = [list(r) for r in rows]
-    widths: dict[int, int] = {}
-    for row in rows:
-        # a short row's last cell runs on: it does not widen its column
-        cells = row if len(row) >= len(rows[0]) else row[:-1]
-        for i, cell in enumerate(cells):
-            widths[i] = max(widths.get(i, 0), len(cell))
-    lines = []
-    for row in rows:
-        cells = [
-            cell.ljust(widths.get(i, 0)) if i < len(row) - 1 else cell for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines

@@ -2,7 +2,8 @@
 
 Checks read only. Host checks run through testinfra's Ansible backend, so they reach hosts
 exactly as Ansible does (same addresses, users, keys and SSH options from the inventory),
-over one reused SSH connection per host, all hosts at once.
+all hosts at once. Which workers each host has registered comes from the read side
+(``observe/cluster.py``), as for ``status`` and ``upgrade``.
 """
 
 from __future__ import annotations
@@ -12,21 +13,17 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import testinfra
 
-from pydask_deploy.deploy.pki import PkiError
+from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import connection
+from pydask_deploy.observe.cluster import ClusterReading, expected_workers, read_cluster
 from pydask_deploy.resources import path_with_ansible
-
-SCHEDULER_UNIT = "dask-scheduler"
-WORKER_UNIT = "dask-worker"
 
 
 @dataclass(frozen=True)
@@ -79,12 +76,11 @@ def _listening(remote: Any, host: str, port: int, what: str) -> Check:
     return Check(host, f"{what} listens on port {port}", bool(found), ", ".join(found))
 
 
-def _host_checks(inventory: Inventory, host: Host) -> tuple[list[Check], set[str]]:
-    """Checks on one host, and the host's own IP addresses (to match registered workers)."""
+def _host_checks(inventory: Inventory, host: Host) -> list[Check]:
+    """The checks on one host: its units running and enabled, the scheduler's ports."""
     try:
         remote = _testinfra_host(inventory, host)
         checks: list[Check] = []
-        addresses = set(remote.run("hostname -I").stdout.split())
         if host.name == inventory.scheduler.name:
             variables = inventory.dask_vars(host)
             checks += _unit_checks(remote, host.name, SCHEDULER_UNIT)
@@ -96,9 +92,9 @@ def _host_checks(inventory: Inventory, host: Host) -> tuple[list[Check], set[str
             )
         if host in inventory.workers:
             checks += _unit_checks(remote, host.name, WORKER_UNIT)
-        return checks, addresses
+        return checks
     except Exception as exc:  # testinfra raises plain RuntimeError/AssertionError on SSH trouble
-        return [Check(host.name, "host is reachable", False, _first_line(exc))], set()
+        return [Check(host.name, "host is reachable", False, _first_line(exc))]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -142,36 +138,16 @@ def _health_check_on_host(inventory: Inventory, url: str) -> Check:
     return Check(scheduler.name, "/health answers ok", body == "ok", f"{url}: {body!r}")
 
 
-# The address comes from connection.py now; this name stays for the callers that use it.
-scheduler_address = connection.cluster_address
-
-
-def _registration_checks(inventory: Inventory, addresses: dict[str, set[str]]) -> list[Check]:
+def _registration_checks(inventory: Inventory, reading: ClusterReading) -> list[Check]:
     """Each worker host has as many workers registered as its ``dask_worker_nworkers``."""
-    from distributed import Client
-
-    where = connection.cluster_address(inventory)
-    try:
-        security = connection.client_security(inventory)
-    except PkiError as exc:
-        return [Check(inventory.scheduler.name, "scheduler accepts a client", False, str(exc))]
-    try:
-        with warnings.catch_warnings():
-            # version skew is status's business; verify asks only who is registered
-            warnings.simplefilter("ignore")
-            with (
-                connection.scheduler_route(inventory) as dial,
-                Client(dial, security=security, timeout=10) as client,  # type: ignore[no-untyped-call]
-            ):
-                workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    except (OSError, TimeoutError) as exc:
-        return [Check(inventory.scheduler.name, "scheduler accepts a client", False, str(exc))]
-    registered = Counter(str(w["host"]) for w in workers)
-    checks = [Check(inventory.scheduler.name, "scheduler accepts a client", True, where)]
+    scheduler = inventory.scheduler.name
+    view = reading.scheduler
+    if not view.answered:
+        return [Check(scheduler, "scheduler accepts a client", False, str(view.error))]
+    checks = [Check(scheduler, "scheduler accepts a client", True, view.address)]
     for worker in inventory.workers:
-        expected = int(inventory.dask_vars(worker)["dask_worker_nworkers"])  # type: ignore[call-overload]
-        mine = addresses.get(worker.name, set()) | {worker.address}
-        count = sum(n for ip, n in registered.items() if ip in mine)
+        expected = expected_workers(inventory, worker)
+        count = len(reading.hosts[worker.name].workers)
         checks.append(
             Check(
                 worker.name,
@@ -188,10 +164,10 @@ def verify_cluster(inventory: Inventory) -> VerifyReport:
     # testinfra's Ansible backend calls ansible-inventory, which sits beside this interpreter
     os.environ["PATH"] = path_with_ansible()
     hosts = inventory.hosts
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts)) + 1) as pool:
+        reading = pool.submit(read_cluster, inventory)
         results = list(pool.map(lambda h: _host_checks(inventory, h), hosts))
-    checks = [c for host_checks, _ in results for c in host_checks]
-    addresses = {h.name: ips for h, (_, ips) in zip(hosts, results, strict=True)}
-    checks.append(_health_check(inventory))
-    checks += _registration_checks(inventory, addresses)
+        checks = [c for host_checks in results for c in host_checks]
+        checks.append(_health_check(inventory))
+        checks += _registration_checks(inventory, reading.result())
     return VerifyReport(tuple(checks))

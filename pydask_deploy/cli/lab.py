@@ -1,0 +1,109 @@
+"""``pydask-deploy lab ...``: real local test hosts to try the tool on (``pydask_deploy.lab``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pydask_deploy import lab as lab_module
+from pydask_deploy.cli.common import reports_errors
+from pydask_deploy.cli.render import say
+
+
+@click.group("lab")
+def lab() -> None:
+    """Real local test hosts (systemd + sshd in systemd-nspawn) to try pydask-deploy on.
+
+    Needs root on Linux. The hosts sit on a private bridge and reach nothing but this
+    machine, like an air-gapped cluster. Move the lab with PYDASK_LAB_DIR, PYDASK_LAB_CACHE,
+    PYDASK_LAB_BRIDGE and PYDASK_LAB_SUBNET.
+    """
+
+
+@lab.command("up")
+@click.option("--hosts", "count", default=3, show_default=True, help="How many hosts to boot.")
+@click.option("--docker", is_flag=True, help="Hosts can run Docker; serve a local registry.")
+@click.option(
+    "-o",
+    "--inventory",
+    "inventory_path",
+    default="inventory/lab.yml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the lab's Ansible inventory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@reports_errors
+def lab_up_command(count: int, docker: bool, inventory_path: Path, as_json: bool) -> None:
+    """Boot N lab hosts and write their inventory (the first host is the scheduler)."""
+    config = lab_module.LabConfig.from_env()
+    result = lab_module.lab_up(count, docker, inventory_path, config, say)
+    if as_json:
+        click.echo(json.dumps(_lab_json(result.hosts, inventory_path, result.registry)))
+        return
+    _print_hosts(result.hosts)
+    if result.registry:
+        click.echo(f"Docker registry for the hosts: {result.registry}")
+    click.echo(
+        f"\nInventory written to {inventory_path}. Next: pydask-deploy apply {inventory_path}"
+    )
+
+
+@lab.command("down")
+@reports_errors
+def lab_down_command() -> None:
+    """Stop every lab host and remove its mounts, cgroups and bridge (keeps the cached rootfs)."""
+    stopped = lab_module.lab_down(lab_module.LabConfig.from_env(), say)
+    click.echo(f"lab down: {stopped} host(s) stopped" if stopped else "no lab is up; nothing to do")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@reports_errors
+def lab_status_command(as_json: bool) -> None:
+    """List the lab's hosts and whether each is running."""
+    hosts = lab_module.lab_status(lab_module.LabConfig.from_env())
+    if as_json:
+        click.echo(json.dumps(_lab_json(hosts, None, None)))
+    elif not hosts:
+        click.echo("no lab is up; start one with `pydask-deploy lab up`")
+    else:
+        _print_hosts(hosts)
+    if any(h.state not in ("running", "degraded") for h in hosts):
+        sys.exit(1)
+
+
+@lab.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@reports_errors
+def lab_ssh_command(host: str, command: tuple[str, ...]) -> None:
+    """Open a root shell on lab HOST (h2, 2 or its address), or run COMMAND there."""
+    argv = lab_module.ssh_command(lab_module.LabConfig.from_env(), host, command)
+    os.execvp(argv[0], argv)
+
+
+def _print_hosts(hosts: Sequence[lab_module.LabHost]) -> None:
+    click.echo(f"{'HOST':<6} {'ADDRESS':<15} {'STATE':<12} BOOT")
+    for h in hosts:
+        boot = f"{h.boot_seconds:.1f} s" if h.boot_seconds is not None else "-"
+        click.echo(f"{h.name:<6} {h.address:<15} {h.state:<12} {boot}")
+
+
+def _lab_json(
+    hosts: Sequence[lab_module.LabHost], inventory: Path | None, registry: str | None
+) -> dict[str, Any]:
+    return {
+        "hosts": [
+            {"name": h.name, "address": h.address, "state": h.state, "boot_seconds": h.boot_seconds}
+            for h in hosts
+        ],
+        "inventory": str(inventory) if inventory else None,
+        "registry": registry,
+    }
