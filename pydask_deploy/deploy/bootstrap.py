@@ -103,19 +103,16 @@ def _public_line(private: Path, where: str) -> str:
         line = public.read_text().strip()
         if len(line.split()) >= 2:
             return line
-    from cryptography.hazmat.primitives import serialization
+    from pydask_deploy.deploy.pki import ssh_public_key
 
     try:
-        key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+        body = ssh_public_key(private.read_bytes())
     except (ValueError, TypeError) as exc:
         raise UsageError(
             f"{where}: cannot read the public half of {str(private)!r} ({exc}); "
             f"put it beside the key as {public.name}"
         ) from None
-    body = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return f"{body.decode()} pydask-deploy"
+    return f"{body} pydask-deploy"
 
 
 def install_command(public: str) -> str:

@@ -423,3 +423,13 @@ def _tighten(directory: Path) -> None:
             path.chmod(0o700)
     for key in [*directory.glob("*.key"), *directory.glob("hosts/*.key")]:
         key.chmod(0o600)
+
+
+def ssh_public_key(private_key: bytes) -> str:
+    """The OpenSSH public line (``ssh-ed25519 AAAA...``) of an unencrypted private SSH key;
+    ValueError or TypeError when it is not one."""
+    key = serialization.load_ssh_private_key(private_key, password=None)
+    body = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return body.decode()
