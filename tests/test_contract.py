@@ -107,7 +107,7 @@ def test_the_in_sync_record_and_the_runtime_marker() -> None:
     roles = _text(roles_path())
     assert contract.RUNTIME_MARKER in roles
     assert _role_vars()["__dask_envs_dir"] == f"{{{{ dask_base_dir }}}}/{contract.ENVS_DIR}"
-    assert contract.CURRENT_LINK == f"{contract.ENVS_DIR}/current"
+    assert f"{contract.ENVS_DIR}/current" == contract.CURRENT_LINK
     assert "{{ __dask_envs_dir }}/current" in roles
 
 

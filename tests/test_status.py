@@ -455,3 +455,44 @@ def test_status_watch_redraws_until_ctrl_c(cluster: Cluster) -> None:
     assert "Traceback" not in err
     assert out.rstrip().splitlines()[-1].startswith("healthy:")
     assert "\x1b[2J" not in out  # not a terminal: no screen clearing
+
+
+def _imported(stderr: str) -> set[str]:
+    """The top-level packages a ``python -X importtime`` run imported."""
+    return {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+HEAVY = {"distributed", "ansible_runner", "testinfra"}
+
+
+def test_help_imports_neither_distributed_nor_ansible_runner_nor_testinfra() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pydask_deploy", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not _imported(done.stderr) & HEAVY
+
+
+@pytest.mark.lab
+def test_status_reads_the_scheduler_on_its_own_host_without_a_client(cluster: Cluster) -> None:
+    _wait_healthy(cluster.inventory)
+    argv = [sys.executable, "-X", "importtime", "-m", "pydask_deploy", "status"]
+    done = subprocess.run(
+        [*argv, str(cluster.inventory), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["scheduler"]["source"] == "dashboard" and doc["ok"] is True
+    assert not _imported(done.stderr) & HEAVY
+    # the versions came from the hosts' runtimes: the same on every host, so no skew
+    assert doc["version_skew"] == [] and doc["client_skew"] == []

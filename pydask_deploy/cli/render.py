@@ -102,9 +102,11 @@ def _age(epoch: float | None, now: float) -> str:
 
 
 def _bytes(count: int) -> str:
-    from dask.utils import format_bytes
-
-    return str(format_bytes(count)).replace(" ", "")
+    """``1.15GiB``: dask's format_bytes without importing dask (status starts faster)."""
+    for prefix, size in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("ki", 2**10)):
+        if count >= size * 0.9:
+            return f"{count / size:.2f}{prefix}B"
+    return f"{count}B"
 
 
 def _runtime(state: UnitState) -> str:

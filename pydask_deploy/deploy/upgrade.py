@@ -487,7 +487,7 @@ def _start(
     pki, _ = prepare_tls(inventory)
     if pki is not None:
         say(f"tls: {pki.summary()}")
-    reading = read_cluster(inventory, ask_scheduler=False)
+    reading = read_cluster(inventory, source="none")
     addresses = {name: host.addresses for name, host in reading.hosts.items()}
     return _Upgrade(
         inventory, session, dial, options, say, on_progress, pki, running, addresses,

@@ -1,8 +1,8 @@
 """How a client on this machine reaches an inventory's scheduler: address and TLS files.
 
 One answer for every command that talks to the scheduler (``verify``, ``status``,
-``upgrade``, ``client-config``) and for the users (``pydask-deploy client-config``).
-distributed is imported only when a ``Security`` is asked for (it is slow to import).
+``upgrade``, ``client-config``) and for the users (``pydask-deploy client-config``). The
+``Security`` a client is built with comes from these files, in ``observe/scheduler.py``.
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydask_deploy.deploy import pki
 from pydask_deploy.errors import PkiError, SchedulerUnreachable, UsageError
 from pydask_deploy.inventory import Inventory
 from pydask_deploy.observe import remote
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,14 @@ class WorkerView:
 
 @dataclass(frozen=True)
 class SchedulerView:
-    """The scheduler's answer, or why there was none (``error``)."""
+    """The scheduler's answer, or why there was none (``error``); ``source`` says where it
+    came from: ``dashboard`` (its host read its HTTP server) or ``client``."""
 
     address: str
     error: str | None = None
     workers: tuple[WorkerView, ...] = ()
     versions: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    source: str = "client"
 
     @property
     def answered(self) -> bool:

@@ -425,6 +425,7 @@ class ClusterStatus:
             "scheduler": {
                 "address": self.scheduler.address,
                 "answered": self.scheduler.answered,
+                "source": self.scheduler.source,
                 "error": self.scheduler.error,
                 "workers": len(self.scheduler.workers),
             },
@@ -606,7 +607,7 @@ async def _collect(inventory: Inventory, link: SchedulerLink) -> ClusterStatus:
         h.name: probe_script([unit for _, unit in host_roles(inventory, h)])
         for h in inventory.hosts
     }
-    reading = await cluster.read(inventory, link, scripts)
+    reading = await cluster.read(inventory, link, scripts, source="dashboard")
     probes: dict[str, HostProbe | remote.Unreachable] = {}
     for name, host in reading.hosts.items():
         answer = host.answer
