@@ -103,6 +103,8 @@ class SSHTarget:
     ``jump`` is the host the connection goes through (``ProxyJump`` or an ``ssh -W``
     ``ProxyCommand``), itself possibly behind another. ``sudo`` runs commands through
     ``sudo -n``: the login user is not root, and reads need root as the playbooks do.
+    ``ssh_args`` are the inventory's ssh options as written (``ansible_ssh_common_args``
+    and ``ansible_ssh_extra_args``), for tools that run the ssh client as Ansible does.
     """
 
     address: str
@@ -113,6 +115,7 @@ class SSHTarget:
     connect_timeout: float = 5.0
     jump: SSHTarget | None = None
     sudo: bool = False
+    ssh_args: str = ""
 
     def command(self, command: str) -> str:
         """``command`` as this host runs it: through ``sudo -n`` when the target asks for it."""
@@ -313,6 +316,7 @@ def ssh_target(host: Host, connect_timeout: float = 5.0) -> SSHTarget:
         connect_timeout=timeout,
         jump=jump,
         sudo=become and login != "root",
+        ssh_args=args.strip(),
     )
 
 

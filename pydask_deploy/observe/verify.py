@@ -1,18 +1,21 @@
 """Prove a deployed cluster works: testinfra checks on each host, then the scheduler's view.
 
-Checks read only. Host checks run through testinfra's Ansible backend, so they reach hosts
-exactly as Ansible does (same addresses, users, keys and SSH options from the inventory),
-all hosts at once. Which workers each host has registered comes from the read side
-(``observe/cluster.py``), as for ``status`` and ``upgrade``.
+Checks read only. Host checks run through testinfra's ssh backend: the ssh client Ansible
+runs, with the same address, user, key, host key checking and ssh options from the
+inventory (jump hosts included), one connection per host reused by every command (an ssh
+ControlMaster), all hosts at once. Which workers each host has registered comes from the
+read side (``observe/cluster.py``), as for ``status`` and ``upgrade``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
+import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +24,11 @@ import testinfra
 
 from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
 from pydask_deploy.inventory import Host, Inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, remote
 from pydask_deploy.observe.cluster import ClusterReading, expected_workers, read_cluster
-from pydask_deploy.resources import path_with_ansible
+
+# Seconds a host's ssh connection outlives its last command (closed at the end anyway).
+CONTROL_PERSIST = 30
 
 
 @dataclass(frozen=True)
@@ -54,44 +59,68 @@ class VerifyReport:
         }
 
 
-def _testinfra_host(inventory: Inventory, host: Host) -> Any:
+def _testinfra_host(host: Host, control_dir: str) -> Any:
+    """A testinfra host over ssh, as Ansible reaches it, its connection kept open in
+    ``control_dir`` for every command of the run."""
+    target = remote.ssh_target(host)
+    user = f"{urllib.parse.quote(target.user)}@" if target.user else ""
+    address = f"[{target.address}]" if ":" in target.address else target.address
+    extra = [target.ssh_args, "-o BatchMode=yes"]
+    if not target.check_host_keys:
+        extra.append("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")
     return testinfra.get_host(
-        f"ansible://{host.name}", ansible_inventory=str(inventory.path.resolve())
+        f"ssh://{user}{address}:{target.port}",
+        ssh_identity_file=target.key_file,
+        ssh_extra_args=" ".join(a for a in extra if a),
+        # testinfra %-formats the command line: %%C is ssh's %C (a hash of the destination)
+        controlpath=f"{control_dir}/%%C",
+        controlpersist=CONTROL_PERSIST,
+        timeout=int(target.connect_timeout),
+        sudo=target.sudo,
     )
 
 
-def _unit_checks(remote: Any, host: str, unit: str) -> list[Check]:
-    service = remote.service(unit)
-    active = remote.run(f"systemctl is-active {unit}").stdout.strip()
-    enabled = remote.run(f"systemctl is-enabled {unit}").stdout.strip()
+def _close_connections(hosts: Sequence[Host], control_dir: str) -> None:
+    """Stop the ssh connection kept open for each host (``ssh -O exit``)."""
+    for host in hosts:
+        target = remote.ssh_target(host)
+        argv = ["ssh", "-o", f"ControlPath={control_dir}/%C", "-O", "exit"]
+        argv += ["-p", str(target.port), target.address]
+        subprocess.run(argv, capture_output=True, timeout=10, check=False)
+
+
+def _unit_checks(machine: Any, host: str, unit: str) -> list[Check]:
+    service = machine.service(unit)
+    active = machine.run(f"systemctl is-active {unit}").stdout.strip()
+    enabled = machine.run(f"systemctl is-enabled {unit}").stdout.strip()
     return [
         Check(host, f"{unit} is running", service.is_running, active or "not found"),
         Check(host, f"{unit} is enabled at boot", service.is_enabled, enabled or "not found"),
     ]
 
 
-def _listening(remote: Any, host: str, port: int, what: str) -> Check:
-    sockets = remote.socket.get_listening_sockets()
+def _listening(machine: Any, host: str, port: int, what: str) -> Check:
+    sockets = machine.socket.get_listening_sockets()
     found = [s for s in sockets if s.startswith("tcp://") and s.rsplit(":", 1)[-1] == str(port)]
     return Check(host, f"{what} listens on port {port}", bool(found), ", ".join(found))
 
 
-def _host_checks(inventory: Inventory, host: Host) -> list[Check]:
+def _host_checks(inventory: Inventory, host: Host, control_dir: str) -> list[Check]:
     """The checks on one host: its units running and enabled, the scheduler's ports."""
     try:
-        remote = _testinfra_host(inventory, host)
+        machine = _testinfra_host(host, control_dir)
         checks: list[Check] = []
         if host.name == inventory.scheduler.name:
             variables = inventory.dask_vars(host)
-            checks += _unit_checks(remote, host.name, SCHEDULER_UNIT)
+            checks += _unit_checks(machine, host.name, SCHEDULER_UNIT)
             checks.append(
-                _listening(remote, host.name, int(variables["dask_scheduler_port"]), "scheduler")  # type: ignore[call-overload]
+                _listening(machine, host.name, int(variables["dask_scheduler_port"]), "scheduler")  # type: ignore[call-overload]
             )
             checks.append(
-                _listening(remote, host.name, int(variables["dask_dashboard_port"]), "dashboard")  # type: ignore[call-overload]
+                _listening(machine, host.name, int(variables["dask_dashboard_port"]), "dashboard")  # type: ignore[call-overload]
             )
         if host in inventory.workers:
-            checks += _unit_checks(remote, host.name, WORKER_UNIT)
+            checks += _unit_checks(machine, host.name, WORKER_UNIT)
         return checks
     except Exception as exc:  # testinfra raises plain RuntimeError/AssertionError on SSH trouble
         return [Check(host.name, "host is reachable", False, _first_line(exc))]
@@ -102,12 +131,12 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def _health_check(inventory: Inventory) -> Check:
+def _health_check(inventory: Inventory, control_dir: str) -> Check:
     scheduler = inventory.scheduler
     url = f"{connection.dashboard_url(inventory)}/health"
     # a dashboard kept to SSH forwarding, or hosts behind a jump host: ask on the scheduler host
     if _loopback(url) or connection.jump_host(inventory):
-        return _health_check_on_host(inventory, url)
+        return _health_check_on_host(inventory, url, control_dir)
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             body = reply.read().decode().strip()
@@ -124,14 +153,14 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _health_check_on_host(inventory: Inventory, url: str) -> Check:
+def _health_check_on_host(inventory: Inventory, url: str, control_dir: str) -> Check:
     scheduler = inventory.scheduler
     script = (
         "import sys, urllib.request; "
         f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
     )
     try:
-        done = _testinfra_host(inventory, scheduler).run("python3 -c %s", script)
+        done = _testinfra_host(scheduler, control_dir).run("python3 -c %s", script)
     except Exception as exc:  # testinfra raises plain RuntimeError on SSH trouble
         return Check(scheduler.name, "/health answers ok", False, f"{url}: {_first_line(exc)}")
     body = done.stdout.strip() if done.rc == 0 else done.stderr.strip()[-200:]
@@ -161,13 +190,17 @@ def _registration_checks(inventory: Inventory, reading: ClusterReading) -> list[
 
 def verify_cluster(inventory: Inventory) -> VerifyReport:
     """Run every check against the inventory's hosts and its scheduler."""
-    # testinfra's Ansible backend calls ansible-inventory, which sits beside this interpreter
-    os.environ["PATH"] = path_with_ansible()
     hosts = inventory.hosts
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts)) + 1) as pool:
-        reading = pool.submit(read_cluster, inventory)
-        results = list(pool.map(lambda h: _host_checks(inventory, h), hosts))
-        checks = [c for host_checks in results for c in host_checks]
-        checks.append(_health_check(inventory))
-        checks += _registration_checks(inventory, reading.result())
+    with (
+        tempfile.TemporaryDirectory(prefix="pydask-verify-") as control_dir,
+        ThreadPoolExecutor(max_workers=min(32, len(hosts)) + 1) as pool,
+    ):
+        try:
+            reading = pool.submit(read_cluster, inventory)
+            results = list(pool.map(lambda h: _host_checks(inventory, h, control_dir), hosts))
+            checks = [c for host_checks in results for c in host_checks]
+            checks.append(_health_check(inventory, control_dir))
+            checks += _registration_checks(inventory, reading.result())
+        finally:
+            list(pool.map(lambda h: _close_connections([h], control_dir), hosts))
     return VerifyReport(tuple(checks))
