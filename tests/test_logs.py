@@ -7,6 +7,8 @@ journal of the session's deployed cluster.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import shlex
 import signal
 import subprocess
@@ -25,6 +27,7 @@ from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
 from pydask_deploy.observe.logs import (
     journal_command,
+    journal_line,
     merge_journals,
     parse_timestamp,
     select_hosts,
@@ -79,6 +82,25 @@ def test_merge_orders_hosts_by_time_across_zones() -> None:
     assert [line.text.split()[-1] for line in merge_journals(outputs, last=2)] == ["two", "three"]
 
 
+def test_a_journal_entry_shows_its_time_and_unit_once() -> None:
+    entry = {
+        "__REALTIME_TIMESTAMP": "1795356928731000",
+        "_SYSTEMD_UNIT": "dask-worker.service",
+        "MESSAGE": "2026-11-22 14:15:28,730 - distributed.worker - INFO - Start worker",
+    }
+    line = journal_line("h2", json.dumps(entry))
+    assert line is not None and line.host == "h2"
+    _stamp, rest = line.text.split(" ", 1)
+    assert rest == "dask-worker: distributed.worker - INFO - Start worker"
+    assert parse_timestamp(line.text) == line.when
+    assert line.when is not None
+    assert line.when.astimezone(dt.UTC).isoformat() == "2026-11-22T14:15:28.731000+00:00"
+    binary = {**entry, "MESSAGE": list(b"caf\xc3\xa9 \xff")}
+    shown = journal_line("h2", json.dumps(binary))
+    assert shown is not None and shown.text.endswith("dask-worker: caf\u00e9 \ufffd")
+    assert journal_line("h2", "-- No entries --") is None
+
+
 def test_journal_command_quotes_its_arguments() -> None:
     argv = shlex.split(journal_command(since="2026-01-31 12:00", lines=5, follow=True))
     assert argv[:5] == ["journalctl", "-u", "dask-scheduler", "-u", "dask-worker"]
@@ -118,7 +140,12 @@ def test_logs_show_worker_registration_on_the_scheduler(cluster: Cluster) -> Non
     assert hosts == {h.name for h in cluster.lab.hosts}
     stamps = [parse_timestamp(line.split(" | ", 1)[1]) for line in lines]
     known = [s for s in stamps if s is not None]
-    assert known == sorted(known)
+    assert known and known == sorted(known)
+    # each line names its host and its time once: "h1 | TIME UNIT: MESSAGE"
+    for line in registered:
+        host, text = line.split(" | ", 1)
+        assert text.split()[1] == "dask-scheduler:"
+        assert f" {host} " not in text and not re.search(r" \d\d:\d\d:\d\d,\d{3} ", text)
 
 
 @pytest.mark.lab

@@ -2,14 +2,16 @@
 
 Each host runs one ``journalctl`` over SSH (asyncssh, all hosts together). Without
 ``--follow`` the outputs are merged by their timestamps; with it, lines are shown as they
-arrive. ``-o short-iso-precise`` (journalctl's short-iso with microseconds) is used so lines
-of different hosts within the same second still merge in order.
+arrive. journalctl writes JSON (``-o json``: the entry's time in microseconds, its unit and
+its message), so that each line is shown with its host, time and unit once: the host's name
+and dask's own timestamp, which journalctl's text formats repeat, are left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +26,9 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 DEFAULT_LINES = 200
 
+# dask's own log format starts with its time: "2026-11-22 14:15:28,730 - distributed..."
+_DASK_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - ")
+_FIELDS = "__REALTIME_TIMESTAMP,_SYSTEMD_UNIT,MESSAGE"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?)(Z|[+-]\d\d:?\d\d)?(?=\s)")
 
 
@@ -51,7 +56,7 @@ def journal_command(
 ) -> str:
     """The journalctl command line run on each host."""
     argv = ["journalctl", "-u", SCHEDULER_UNIT, "-u", WORKER_UNIT]
-    argv += ["-o", "short-iso-precise", "--no-pager"]
+    argv += ["-o", "json", f"--output-fields={_FIELDS}", "--no-pager"]
     if since:
         argv += ["--since", since]
     if lines is not None:
@@ -78,16 +83,38 @@ def parse_timestamp(line: str) -> dt.datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
+def journal_line(host: str, raw: str) -> LogLine | None:
+    """One line of journalctl's output as shown: ``TIME UNIT: MESSAGE`` from a JSON entry
+    (dask's own timestamp taken off the message), a text line as it is; None for nothing
+    to show (``-- No entries --``, ``-- Boot ...``, a blank line)."""
+    if not raw.strip() or raw.startswith("-- "):
+        return None
+    if raw.startswith("{"):
+        try:
+            entry = json.loads(raw)
+            stamp = int(entry["__REALTIME_TIMESTAMP"])
+        except (ValueError, KeyError, TypeError):
+            return LogLine(host, raw, None)
+        when = dt.datetime.fromtimestamp(stamp / 1e6, dt.UTC).astimezone()
+        unit = str(entry.get("_SYSTEMD_UNIT") or "").removesuffix(".service")
+        message = entry.get("MESSAGE")
+        if isinstance(message, list):  # journald gives non-UTF-8 messages as bytes
+            message = bytes(message).decode(errors="replace")
+        text = _DASK_STAMP.sub("", str(message or ""))
+        return LogLine(host, f"{when.isoformat(timespec='milliseconds')} {unit}: {text}", when)
+    return LogLine(host, raw, parse_timestamp(raw))
+
+
 def host_lines(host: str, output: str) -> list[LogLine]:
     """A host's journal output as lines; a line without a timestamp takes the one before it."""
     found: list[LogLine] = []
     last: dt.datetime | None = None
-    for text in output.splitlines():
-        if not text.strip() or text.startswith("-- "):  # "-- No entries --", "-- Boot ..."
+    for raw in output.splitlines():
+        line = journal_line(host, raw)
+        if line is None:
             continue
-        when = parse_timestamp(text)
-        last = when or last
-        found.append(LogLine(host, text, last))
+        last = line.when or last
+        found.append(LogLine(host, line.text, last))
     return found
 
 
@@ -192,9 +219,10 @@ def follow_logs(
     command = journal_command(since, lines, follow=True)
     failures: dict[str, str] = {}
 
-    def on_line(host: str, text: str) -> None:
-        if text.strip() and not text.startswith("-- "):
-            emit(LogLine(host, text, parse_timestamp(text)))
+    def on_line(host: str, raw: str) -> None:
+        line = journal_line(host, raw)
+        if line is not None:
+            emit(line)
 
     async def one(name: str) -> None:
         result = (await remote.stream_on_hosts({name: targets[name]}, command, on_line))[name]
