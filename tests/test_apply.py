@@ -73,6 +73,14 @@ def test_second_apply_changes_nothing(cluster: Cluster) -> None:
     assert {n: c["changed"] for n, c in report["hosts"].items()} == {
         h.name: 0 for h in cluster.lab.hosts
     }
+    # the roles themselves converge: every task runs on every host and changes nothing
+    full = cli("apply", str(cluster.inventory), "--full", "--json")
+    assert full.returncode == 0, full.stderr[-3000:]
+    report = json.loads(full.stdout)
+    assert report["ansible_started"] is True and report["in_sync_hosts"] == []
+    assert {n: (c["changed"], c["ok"] > 20) for n, c in report["hosts"].items()} == {
+        h.name: (0, True) for h in cluster.lab.hosts
+    }
 
 
 def test_check_mode_reports_a_change_and_changes_nothing(cluster: Cluster, tmp_path: Path) -> None:
@@ -80,10 +88,14 @@ def test_check_mode_reports_a_change_and_changes_nothing(cluster: Cluster, tmp_p
     worker = cluster.lab.hosts[1].name
     unit_before = ssh(cluster.lab, worker, "systemctl cat dask-worker")
     pid_before = ssh(cluster.lab, worker, "systemctl show -p MainPID --value dask-worker")
-    result = cli("apply", str(edited), "--check", "--json")
+    result = cli("apply", str(edited), "--check", "--diff", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["check"] is True and report["changed"] is True
+    # --diff shows, per host, the unified diff of the unit that would change
+    assert f"{worker}: Install the dask-worker unit." in result.stderr
+    assert "+++ /etc/systemd/system/dask-worker.service (after)" in result.stderr
+    assert "\n+    --nthreads 3 \\\n" in result.stderr, result.stderr[-3000:]
     assert report["hosts"][worker]["changed"] > 0
     assert report["hosts"][cluster.lab.hosts[0].name]["changed"] == 0
     assert ssh(cluster.lab, worker, "systemctl cat dask-worker") == unit_before

@@ -11,6 +11,10 @@ from pydask_deploy.cli.common import reports_errors
 from pydask_deploy.cli.render import ProgressPrinter, print_run, say, warn
 from pydask_deploy.inventory import load_inventory
 
+VERBOSE = click.option(
+    "-v", "--verbose", is_flag=True, help="Also show each host's result of every task."
+)
+
 
 @click.command("apply")
 @click.argument("inventory_file", metavar="INVENTORY")
@@ -23,9 +27,16 @@ from pydask_deploy.inventory import load_inventory
     help="Run every task on every host, also on hosts the SSH check finds in sync.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@VERBOSE
 @reports_errors
 def apply_command(
-    inventory_file: str, check: bool, diff: bool, limit: str | None, full: bool, as_json: bool
+    inventory_file: str,
+    check: bool,
+    diff: bool,
+    limit: str | None,
+    full: bool,
+    as_json: bool,
+    verbose: bool,
 ) -> None:
     """Converge every host of INVENTORY into the Dask cluster it declares.
 
@@ -47,7 +58,7 @@ def apply_command(
         diff=diff,
         limit=limit,
         full=full,
-        on_progress=ProgressPrinter(show_diff=diff),
+        on_progress=ProgressPrinter(show_diff=diff, verbose=verbose),
         say=say,
         warn=warn,
     )
@@ -105,6 +116,7 @@ def apply_command(
     "every worker together (results held in memory are lost).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@VERBOSE
 @reports_errors
 def upgrade_command(
     inventory_file: str,
@@ -112,6 +124,7 @@ def upgrade_command(
     assignments: tuple[str, ...],
     restart_scheduler: bool,
     as_json: bool,
+    verbose: bool,
 ) -> None:
     """Roll a change of runtime or worker options through the workers of INVENTORY.
 
@@ -131,7 +144,7 @@ def upgrade_command(
         settings=settings,
         options=upgrade_module.UpgradeOptions(batch=batch, restart_scheduler=restart_scheduler),
         say=say,
-        on_progress=ProgressPrinter(show_diff=False),
+        on_progress=ProgressPrinter(verbose=verbose),
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -162,8 +175,11 @@ def upgrade_command(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--remove-user", is_flag=True, help="Also remove the dask user and group.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@VERBOSE
 @reports_errors
-def destroy_command(inventory_file: str, yes: bool, remove_user: bool, as_json: bool) -> None:
+def destroy_command(
+    inventory_file: str, yes: bool, remove_user: bool, as_json: bool, verbose: bool
+) -> None:
     """Stop the cluster of INVENTORY and remove what apply installed on its hosts.
 
     Stops and disables the units and removes them, the runtimes, dask_config_dir (TLS files
@@ -187,7 +203,7 @@ def destroy_command(inventory_file: str, yes: bool, remove_user: bool, as_json: 
         )
     say(f"destroy {inventory_file}: {len(inventory.hosts)} host(s)")
     result = destroy_module.destroy_cluster(
-        inventory, ProgressPrinter(show_diff=False), remove_user=remove_user
+        inventory, ProgressPrinter(verbose=verbose), remove_user=remove_user
     )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -6,8 +6,10 @@ Progress goes to stderr (stdout may carry ``--json``).
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,35 +32,102 @@ def warn(line: str) -> None:
 
 
 class ProgressPrinter:
-    """Live progress on stderr: each task as it starts, and each host that changed or failed."""
+    """Live progress on stderr that stays readable at tens of hosts.
 
-    def __init__(self, show_diff: bool = False) -> None:
+    One line per task with its counts (``[12] Install the venv.  ok 20  changed 4``), drawn
+    and redrawn in place on a terminal as hosts report, printed once the task is done
+    without one; a failed or unreachable host is named on a line of its own as it happens;
+    with ``verbose`` every host's result too, and with ``show_diff`` each file's diff.
+    """
+
+    _ORDER = ("ok", "changed", "skipped", "failed", "unreachable")
+
+    def __init__(
+        self, show_diff: bool = False, verbose: bool = False, live: bool | None = None
+    ) -> None:
         self.show_diff = show_diff
+        self.verbose = verbose
+        self.live = sys.stderr.isatty() if live is None else live
         self.tasks = 0
+        self.task = ""
+        self.counts: dict[str, int] = {}
+        self._drawn = 0  # the width of the live line on the terminal, 0 when none
+
+    def _line(self) -> str:
+        counts = "  ".join(
+            f"{kind} {self.counts.get(kind, 0)}"
+            for kind in self._ORDER
+            if self.counts.get(kind) or kind == "ok"
+        )
+        return f"  [{self.tasks:>2}] {self.task}  {counts}"
+
+    def _clear(self) -> None:
+        if self._drawn:
+            click.echo("\r" + " " * self._drawn + "\r", nl=False, err=True)
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        if self.live and self.task:
+            self._clear()
+            line = self._line()[: shutil.get_terminal_size().columns - 1]
+            click.echo(line, nl=False, err=True)
+            self._drawn = len(line)
+
+    def _finish_task(self) -> None:
+        if self.task:
+            self._clear()
+            failed = self.counts.get("failed") or self.counts.get("unreachable")
+            colour = "red" if failed else "yellow" if self.counts.get("changed") else None
+            click.secho(self._line(), fg=colour, err=True)
+        self.task, self.counts = "", {}
+
+    def _print(self, text: str, **style: Any) -> None:
+        """A line of its own, above the live line."""
+        self._clear()
+        click.secho(text, err=True, **style)
+        self._draw()
 
     def __call__(self, step: Progress) -> None:
+        if step.kind in ("play", "task", "done"):
+            self._finish_task()
         if step.kind == "play":
             click.secho(f"\n{step.task}", bold=True, err=True)
         elif step.kind == "task":
             self.tasks += 1
-            click.echo(f"  [{self.tasks:>2}] {step.task}", err=True)
-        elif step.kind == "changed":
-            click.secho(f"         {step.host}: changed", fg="yellow", err=True)
-        elif step.kind in ("failed", "unreachable"):
-            click.secho(f"         {step.host}: {step.kind}: {step.message}", fg="red", err=True)
+            self.task = step.task
+            self._draw()
+        elif step.kind in self._ORDER:
+            self.counts[step.kind] = self.counts.get(step.kind, 0) + 1
+            if step.kind in ("failed", "unreachable"):
+                self._print(f"         {step.host}: {step.kind}: {step.message}", fg="red")
+            elif self.verbose and step.kind != "skipped":
+                colour = "yellow" if step.kind == "changed" else None
+                self._print(f"         {step.host}: {step.kind}", fg=colour)
+            else:
+                self._draw()
         if self.show_diff and step.diff:
-            click.echo(step.diff, err=True)
+            self._print(f"         {step.host}: {step.task}\n{step.diff.rstrip()}")
+
+
+# Past this many hosts, the table at the end of a run groups hosts whose rows are the same.
+SCREENFUL = 20
 
 
 def print_run(result: RunResult) -> None:
-    """The per-host table at the end of a run, then each failed host's errors."""
+    """The per-host table at the end of a run, then each failed host's errors. Past a
+    screenful of hosts, consecutive hosts with the same counts share one row (``h1..h24``)."""
     click.echo(f"\n{'HOST':<20} {'OK':>4} {'CHANGED':>8} {'FAILED':>7} {'UNREACHABLE':>12}")
+    rows: list[tuple[list[str], tuple[int, int, int, int]]] = []
     for h in result.hosts:
-        colour = None if h.succeeded else "red"
-        click.secho(
-            f"{h.name:<20} {h.ok:>4} {h.changed:>8} {h.failed:>7} {h.unreachable:>12}",
-            fg=colour,
-        )
+        counts = (h.ok, h.changed, h.failed, h.unreachable)
+        if len(result.hosts) > SCREENFUL and rows and rows[-1][1] == counts:
+            rows[-1][0].append(h.name)
+        else:
+            rows.append(([h.name], counts))
+    for names, (ok, changed, failed, unreachable) in rows:
+        shown = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]} ({len(names)})"
+        colour = "red" if failed or unreachable else None
+        click.secho(f"{shown:<20} {ok:>4} {changed:>8} {failed:>7} {unreachable:>12}", fg=colour)
     for h in result.failed_hosts:
         for error in h.errors or ("failed",):
             click.secho(f"{h.name}: {error}", fg="red")

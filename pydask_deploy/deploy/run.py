@@ -5,6 +5,7 @@ This is the one module that starts Ansible.
 
 from __future__ import annotations
 
+import difflib
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -90,9 +91,11 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of a run, for the live display: a task starting, or a host's result."""
+    """One step of a run, for the live display: a play or a task starting, a host's result
+    (``diff`` holds the unified diff of each file it changed or would change, with
+    ``--diff``), or the run's end (``done``)."""
 
-    kind: str  # "play", "task", "ok", "changed", "failed", "unreachable", "skipped"
+    kind: str  # "play", "task", "ok", "changed", "failed", "unreachable", "skipped", "done"
     task: str = ""
     host: str = ""
     message: str = ""
@@ -119,7 +122,9 @@ class _Collector:
     def __call__(self, event: Mapping[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
-        if kind == "playbook_on_play_start":
+        if kind == "playbook_on_stats":
+            self.on_progress(Progress("done"))
+        elif kind == "playbook_on_play_start":
             self.on_progress(Progress("play", task=str(data.get("play", ""))))
         elif kind == "playbook_on_task_start":
             self.on_progress(Progress("task", task=str(data.get("task", ""))))
@@ -135,9 +140,28 @@ class _Collector:
             message = _message(result) if status in ("failed", "unreachable") else ""
             if message:
                 self.errors.setdefault(host, []).append(f"{task}: {message}")
-            diff = str(event.get("stdout", "")) if result.get("diff") else ""
+            diff = unified_diff(result.get("diff"))
             self.on_progress(Progress(status, task=task, host=host, message=message, diff=diff))
         return True  # keep the event in the artifacts too
+
+
+def unified_diff(diff: Any) -> str:
+    """The unified diff of what a task changed in files (Ansible's ``diff`` result: one or a
+    list of ``{before, after, before_header, after_header}``); '' when it changed no text."""
+    parts = diff if isinstance(diff, list) else [diff]
+    shown: list[str] = []
+    for part in parts:
+        if not isinstance(part, Mapping) or not isinstance(part.get("after"), str):
+            continue
+        before = part.get("before") if isinstance(part.get("before"), str) else ""
+        path = str(part.get("before_header") or part.get("after_header") or "file")
+        shown += difflib.unified_diff(
+            str(before).splitlines(keepends=True),
+            str(part["after"]).splitlines(keepends=True),
+            fromfile=f"{path} (before)",
+            tofile=f"{path} (after)",
+        )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in shown)
 
 
 def _message(result: Mapping[str, Any]) -> str:
