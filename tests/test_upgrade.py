@@ -18,7 +18,7 @@ from conftest import TEST_LAB, cli, ssh
 from distributed import Client, wait
 
 from pydask_deploy import lab as lab_module
-from pydask_deploy.deploy.upgrade import batch_size, plan_batches
+from pydask_deploy.deploy.upgrade import batch_size, needs_restart, plan_batches
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
 from pydask_deploy.observe import connection, scheduler
@@ -49,6 +49,26 @@ def test_batch_size(spec: str, workers: int, size: int) -> None:
 def test_batch_size_rejects_nonsense(spec: str) -> None:
     with pytest.raises(UsageError, match="--batch must be"):
         batch_size(spec, 4)
+
+
+@pytest.mark.parametrize(
+    ("lines", "restart"),
+    [
+        # the unit file was written after the process started: it runs the old runtime
+        (["1795925974.565433", "ExecMainStartTimestamp=Sun 2026-11-29 04:19:33.524086 UTC"], True),
+        # restarted since: current
+        (["1795925974.565433", "ExecMainStartTimestamp=Sun 2026-11-29 04:19:41.524086 UTC"], False),
+        # in the same second, to the microsecond
+        (["1795925974.565433", "ExecMainStartTimestamp=Sun 2026-11-29 04:19:34.565400 UTC"], True),
+        (["1795925974.565433", "ExecMainStartTimestamp="], True),  # not running
+        (["missing", "ExecMainStartTimestamp="], False),  # no worker unit on the host
+        ([], False),
+    ],
+)
+def test_needs_restart_compares_the_unit_file_with_the_process(
+    lines: list[str], restart: bool
+) -> None:
+    assert needs_restart("\n".join(["@@unit-age", *lines, "@@end"])) is restart
 
 
 def test_plan_batches_keeps_inventory_order(tmp_path: Path) -> None:
@@ -253,6 +273,17 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         print(f"computation rounds during the upgrade: {computing.rounds}")
         print("\n".join(line for line in result.stderr.splitlines() if line.startswith("==>")))
 
+        # every host was staged before the first retire, in one step timed apart
+        staging = report["staging"]
+        assert staging["ok"] is True and staging["restart"] == [w.name for w in workers]
+        progress = [line for line in result.stderr.splitlines() if line.startswith("==>")]
+        staged_at = next(i for i, line in enumerate(progress) if "staged in" in line)
+        retired_at = next(i for i, line in enumerate(progress) if "retiring" in line)
+        assert staged_at < retired_at
+        assert staging["seconds"] > 0
+        assert report["seconds"] >= staging["seconds"] + sum(
+            b["seconds"] for b in report["batches"]
+        )
         # every batch went through retire -> restart -> registered, one host each
         assert [b["hosts"] for b in report["batches"]] == [[w.name] for w in workers]
         assert {b["outcome"] for b in report["batches"]} == {"upgraded"}
@@ -311,7 +342,7 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
 
 
 @pytest.mark.lab
-def test_a_failing_batch_stops_and_the_rest_keep_serving(
+def test_a_staging_failure_retires_nothing_and_every_worker_keeps_serving(
     upgrade_lab: UpgradeLab, tmp_path: Path
 ) -> None:
     inventory = _copy(upgrade_lab.inventory, tmp_path)
@@ -329,10 +360,13 @@ def test_a_failing_batch_stops_and_the_rest_keep_serving(
         assert result.returncode == 1, result.stderr[-3000:]
         report = json.loads(result.stdout)
         assert report["ok"] is False
-        assert [b["outcome"] for b in report["batches"]] == ["failed"]
-        assert report["batches"][0]["hosts"] == [first.name]
-        assert "staging failed" in report["error"]
-        assert report["pending"] == [w.name for w in upgrade_lab.workers[1:]]
+        # staging failed on every worker host before anything was retired: no batch ran
+        assert report["batches"] == [] and report["staging"]["ok"] is False
+        assert "staging failed" in report["error"] and "nothing was retired" in report["error"]
+        assert f"{first.name}: " in report["error"]  # names the host and the cause
+        assert "pydask-deploy-no-such-package" in report["error"]
+        assert report["pending"] == [w.name for w in upgrade_lab.workers]
+        assert "retiring" not in result.stderr
         assert f"resume with `pydask-deploy upgrade {inventory}" in result.stderr
         # nobody was retired or restarted: same workers, same runtime, still computing
         assert _prefixes(client) == before

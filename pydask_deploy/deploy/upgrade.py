@@ -1,12 +1,15 @@
 """Roll a change of runtime or worker options through the workers, batch by batch, retire-first.
 
-For each batch of worker hosts: Ansible stages the new runtime and writes the new unit, with
-the restart deferred (``EXTRA_DEFER_RESTART``), while the old processes keep serving; the
-scheduler retires the batch's workers (``retire_workers``), which moves the data they hold
-to workers outside the batch and closes them; each unit restarts into its new runtime
+First Ansible stages the new runtime and writes the new units on every host at once, with
+the restarts deferred (``EXTRA_DEFER_RESTART``), while the old processes keep serving; a
+staging failure on any host stops the upgrade there, before anything is retired. Then, for
+each batch of worker hosts whose running workers predate their unit file: the scheduler
+retires the batch's workers (``retire_workers``), which moves the data they hold to workers
+outside the batch and closes them; each unit restarts into its new runtime
 (``Restart=always``; the unit file was already reloaded); the batch is done when its hosts'
 workers are registered again from new processes, run the scheduler's distributed version
-and compute. The first failing batch stops the upgrade; the hosts after it are untouched.
+and compute. The first failing batch stops the upgrade; the hosts after it keep serving,
+staged, and a second run restarts them.
 
 The change itself is recorded in the inventory (``--set KEY=VALUE`` writes it into
 ``all.vars`` before anything runs), so the next ``apply`` of that inventory changes nothing,
@@ -16,6 +19,7 @@ are skipped.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import time
@@ -32,8 +36,13 @@ from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, run_playbo
 from pydask_deploy.errors import PkiError, UpgradeError, UsageError
 from pydask_deploy.inventory import Host, Inventory, load_inventory
 from pydask_deploy.inventory.edit import InventoryEdit, flow, prepare_settings
-from pydask_deploy.observe import connection
-from pydask_deploy.observe.cluster import assign_workers, expected_workers, read_cluster
+from pydask_deploy.observe import connection, remote
+from pydask_deploy.observe.cluster import (
+    assign_workers,
+    expected_workers,
+    read_cluster,
+    sections,
+)
 from pydask_deploy.observe.scheduler import SchedulerSession, WorkerView
 
 DEFAULT_BATCH = "25%"
@@ -91,8 +100,28 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Staging:
+    """The staging of every host before the first retire: how long it took, whether it
+    worked (``error`` says where and why not), and the worker hosts whose running workers
+    predate their new unit file (those the batches restart)."""
+
+    seconds: float = 0.0
+    error: str = ""
+    restart: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 2),
+            "ok": not self.error,
+            "error": self.error,
+            "restart": list(self.restart),
+        }
+
+
+@dataclass(frozen=True)
 class UpgradeResult:
-    """The outcome of an upgrade: each batch run, the hosts not reached, the scheduler host.
+    """The outcome of an upgrade: the staging, each batch run, the hosts not reached, the
+    scheduler host.
 
     ``scheduler`` is ``current`` (its unit did not change), ``staged`` (new runtime and unit
     in place, the running scheduler keeps its runtime until its next restart),
@@ -107,10 +136,15 @@ class UpgradeResult:
     settings: Mapping[str, object] = field(default_factory=dict)
     batch: str = DEFAULT_BATCH
     error: str = ""
+    staging: Staging = field(default_factory=Staging)
 
     @property
     def ok(self) -> bool:
-        return not self.error and all(b.outcome != "failed" for b in self.batches)
+        return (
+            not self.error
+            and not self.staging.error
+            and all(b.outcome != "failed" for b in self.batches)
+        )
 
     @property
     def resume(self) -> str:
@@ -123,6 +157,7 @@ class UpgradeResult:
             "inventory": str(self.inventory),
             "settings": dict(self.settings),
             "batch": self.batch,
+            "staging": self.staging.to_json(),
             "batches": [b.to_json() for b in self.batches],
             "pending": list(self.pending),
             "scheduler": self.scheduler,
@@ -179,6 +214,36 @@ def _wanted_version(inventory: Inventory) -> dict[str, str]:
 def needs_scheduler_restart(inventory: Inventory, running: str) -> dict[str, str]:
     """The hosts whose ``dask_version`` differs from the ``running`` scheduler's."""
     return {name: v for name, v in _wanted_version(inventory).items() if v != running}
+
+
+# --------------------------------------------------------------------------- pending restarts
+
+# POSIX sh: when the worker unit's file was last written and when its process started, both
+# to the microsecond. A process older than its unit file still runs the old runtime.
+_UNIT_AGE_SCRIPT = f"""
+echo "@@unit-age"
+stat -c '%.6Y' {contract.unit_path(contract.WORKER_UNIT)} 2>/dev/null || echo missing
+systemctl show --timestamp=us+utc -p ExecMainStartTimestamp {contract.WORKER_UNIT} 2>/dev/null
+"""
+
+
+def needs_restart(stdout: str) -> bool:
+    """Whether a host's worker process predates its unit file (from ``_UNIT_AGE_SCRIPT``'s
+    output): it then runs the old runtime or options. A worker that is not running needs
+    its restart too; a host without the unit file does not."""
+    lines = sections(stdout).get("unit-age", [])
+    if not lines or not re.fullmatch(r"\d+(\.\d+)?", lines[0].strip()):
+        return False
+    written = float(lines[0])
+    started = next(
+        (line.partition("=")[2] for line in lines if line.startswith("ExecMainStartTimestamp=")),
+        "",
+    ).strip()
+    found = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC", started)
+    if found is None:
+        return True  # never started, or gone: only a restart brings it back
+    when = dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.UTC).timestamp()
+    return when < written
 
 
 # --------------------------------------------------------------------------- the upgrade
@@ -301,6 +366,33 @@ class _Upgrade:
                     return fresh, f"restart failed: {_failure(result)}"
             time.sleep(0.5)
 
+    def pending_restarts(self) -> tuple[str, ...]:
+        """The worker hosts whose workers predate their unit file (one SSH round)."""
+        scripts = {h.name: _UNIT_AGE_SCRIPT for h in self.inventory.workers}
+        reading = read_cluster(self.inventory, scripts, self.inventory.workers, source="none")
+        return tuple(
+            name
+            for name, host in reading.hosts.items()
+            if isinstance(host.answer, remote.CommandResult) and needs_restart(host.answer.stdout)
+        )
+
+    def stage_every_host(self) -> Staging:
+        """Stage the new runtime and units on every host at once, restarts deferred."""
+        started = time.monotonic()
+        self.say(
+            f"staging the new runtime on every host ({len(self.inventory.hosts)}) while the "
+            "old processes keep serving"
+        )
+        result, _ = self.stage(self.inventory.hosts)
+        if not result.succeeded:
+            error = f"staging failed: {_failure(result)}; nothing was retired or restarted"
+            return Staging(time.monotonic() - started, error=error)
+        restart = self.pending_restarts()
+        seconds = time.monotonic() - started
+        shown = ", ".join(restart) if restart else "none"
+        self.say(f"staged in {seconds:.1f} s; worker hosts to restart: {shown}")
+        return Staging(seconds, restart=restart)
+
     def check_new(self, workers: Sequence[str]) -> str:
         """Each new worker runs the scheduler's distributed and computes; '' when so."""
         versions = self.session.versions()["workers"]
@@ -364,8 +456,9 @@ class _Upgrade:
         return tuple(sorted(retired)), old_nannies, ""
 
     def run_batch(
-        self, index: int, count: int, hosts: tuple[Host, ...], alone: bool
+        self, index: int, count: int, hosts: tuple[Host, ...], restart: set[str], alone: bool
     ) -> BatchResult:
+        """Restart one batch's staged workers, retire-first (module docstring)."""
         names = tuple(h.name for h in hosts)
         label = f"batch {index}/{count}"
         started = time.monotonic()
@@ -373,16 +466,10 @@ class _Upgrade:
         def done(outcome: str, **kwargs: Any) -> BatchResult:
             return BatchResult(index, names, outcome, time.monotonic() - started, **kwargs)
 
-        self.say(f"{label} ({', '.join(names)}): staging the new runtime")
-        result, changes = self.stage(hosts)
-        if not result.succeeded:
-            return done("failed", error=f"staging failed: {_failure(result)}")
-        changed = [h for h in hosts if h.name in changes.workers]
-        staged_in = time.monotonic() - started
+        changed = [h for h in hosts if h.name in restart]
         if not changed:
-            self.say(f"{label}: already on the new runtime; nothing to restart")
+            self.say(f"{label} ({', '.join(names)}): already on the new runtime")
             return done("current")
-        self.say(f"{label}: staged in {staged_in:.1f} s")
         restarted = tuple(h.name for h in changed)
         retired, old_nannies, error = self.retire_and_restart(label, changed, alone)
         if error:
@@ -397,15 +484,14 @@ class _Upgrade:
         )
         if not error:
             self.say(
-                f"{label} done in {batch.seconds:.1f} s (retired, restarted and back in "
-                f"{batch.seconds - staged_in:.1f} s): {len(registered)} worker(s) on "
-                f"{', '.join(restarted)} registered and computing"
+                f"{label} done in {batch.seconds:.1f} s (retired, restarted and back): "
+                f"{len(registered)} worker(s) on {', '.join(restarted)} registered and computing"
             )
         return batch
 
     def result(
         self, started: float, batches: Sequence[BatchResult], pending: Sequence[str],
-        scheduler: str, error: str = "",
+        scheduler: str, error: str = "", staging: Staging | None = None,
     ) -> UpgradeResult:  # fmt: skip
         return UpgradeResult(
             inventory=self.inventory.path,
@@ -416,6 +502,7 @@ class _Upgrade:
             settings=self.settings,
             batch=self.options.batch,
             error=error,
+            staging=staging or Staging(),
         )
 
 
@@ -499,30 +586,29 @@ def _roll(upgrade: _Upgrade, batches: list[tuple[Host, ...]]) -> UpgradeResult:
     inventory = upgrade.inventory
     started = time.monotonic()
     say = upgrade.say
+    staging = upgrade.stage_every_host()
+    if staging.error:
+        pending = [h.name for b in batches for h in b]
+        return upgrade.result(started, (), pending, "not reached", staging.error, staging)
     all_at_once = len(batches) == 1 and len(inventory.workers) > 1
     if all_at_once:
         say("every worker in one batch, as asked: held data has nowhere to move and is lost")
+    restart = set(staging.restart)
     results: list[BatchResult] = []
     for index, hosts in enumerate(batches, 1):
-        result = upgrade.run_batch(index, len(batches), hosts, all_at_once)
+        result = upgrade.run_batch(index, len(batches), hosts, restart, all_at_once)
         results.append(result)
         if result.outcome == "failed":
             pending = [h.name for b in batches[index:] for h in b]
-            return upgrade.result(started, results, pending, "not reached", result.error)
+            return upgrade.result(started, results, pending, "not reached", result.error, staging)
     scheduler = inventory.scheduler
-    if not any(scheduler.name == h.name for b in batches for h in b):
-        say(f"scheduler host {scheduler.name}: staging the new runtime, no restart")
-        staged, _ = upgrade.stage([scheduler])
-        if not staged.succeeded:
-            error = f"staging on the scheduler host failed: {_failure(staged)}"
-            return upgrade.result(started, results, (), "failed", error)
     state = "staged" if upgrade.scheduler_staged else "current"
     if state == "staged":
         say(
             f"{scheduler.name}: the new unit and runtime are in place; the running scheduler "
             f"(distributed {upgrade.version}) carries on as it is until it next restarts"
         )
-    return upgrade.result(started, results, (), state)
+    return upgrade.result(started, results, (), state, staging=staging)
 
 
 def _restart_everything(upgrade: _Upgrade) -> UpgradeResult:
