@@ -43,6 +43,9 @@ def unit_path(unit: str) -> str:
 SCHEDULER_UNIT_TASK = "Install the dask-scheduler unit."
 WORKER_UNIT_TASK = "Install the dask-worker unit."
 
+# The last task of site.yml: a host that reported it has been through the whole playbook.
+LAST_SITE_TASK = "Remove the in-sync record while restarts are deferred."
+
 # --------------------------------------------------------------------------- files on the hosts
 
 # In dask_config_dir: the in-sync record the last tasks of site.yml write (deploy/insync.py).

@@ -42,3 +42,10 @@ class SchedulerUnreachable(DeployError, OSError):
 
 class UpgradeError(DeployError):
     """The upgrade could not start (no scheduler to talk to): exit 1, nothing was changed."""
+
+
+class Interrupted(DeployError):
+    """SIGINT or SIGTERM stopped a command that changes hosts: exit 130. Ansible was stopped;
+    running the same command again completes the job."""
+
+    exit_code = 130

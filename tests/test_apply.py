@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +163,50 @@ def test_bad_inventory_stops_apply_before_any_ssh(cluster: Cluster, tmp_path: Pa
     assert "`dask_worker_nthreads` must be" in result.stderr and "'eight'" in result.stderr
     assert str(bad) in result.stderr
     assert "PLAY" not in result.stderr and time.monotonic() - started < 20
+
+
+def _running_ansible(inventory: Path) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in ps.splitlines()
+        if "ansible-playbook" in line and f"-i {inventory} " in line
+    ]
+
+
+def test_ctrl_c_stops_ansible_says_what_was_done_and_a_rerun_finishes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    edited = edit_inventory(cluster.inventory, tmp_path / "edited.yml", dask_worker_nthreads=2)
+    worker = cluster.lab.hosts[1].name
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pydask_deploy", "apply", str(edited)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:  # mid-run: Ansible is three tasks in
+        seen.append(line)
+        if "[ 3]" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    err = "".join(seen) + rest
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted (SIGINT): Ansible was stopped" in err
+    assert "in progress: " in err and worker in err.split("in progress: ")[1]
+    assert f"run `pydask-deploy apply {edited}` again to complete the job" in err
+    assert "the other hosts converged" not in err and "Traceback" not in err
+    deadline = time.monotonic() + 10  # ansible-playbook's forks notice their parent is gone
+    while _running_ansible(edited) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running_ansible(edited) == []
+    # running the same command again completes the job
+    again = cli("apply", str(edited), "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "--nthreads 2" in ssh(cluster.lab, worker, "systemctl cat dask-worker")
+    restored = cli("apply", str(cluster.inventory), "--json")
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert "--nthreads" not in ssh(cluster.lab, worker, "systemctl cat dask-worker")

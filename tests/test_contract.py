@@ -136,3 +136,9 @@ def test_the_scheduler_address_fallback_is_the_roles_one() -> None:
     fallback = _squeeze(contract.SCHEDULER_ADDRESS_FALLBACK)
     uses = [k for k, v in _role_vars().items() if fallback in _squeeze(str(v))]
     assert uses, "no role variable computes the scheduler address as contract.py says"
+
+
+def test_the_last_task_of_site_yml_is_the_one_python_knows() -> None:
+    (play,) = _load(playbook_path(contract.SITE_PLAYBOOK))
+    last = [*_tasks(play.get("post_tasks") or play.get("tasks") or [])][-1]
+    assert last["name"] == contract.LAST_SITE_TASK

@@ -7,8 +7,10 @@ import sys
 
 import click
 
+from pydask_deploy import contract
 from pydask_deploy.cli.common import reports_errors
-from pydask_deploy.cli.render import ProgressPrinter, print_run, say, warn
+from pydask_deploy.cli.render import ProgressPrinter, interruption, print_run, say, warn
+from pydask_deploy.errors import Interrupted
 from pydask_deploy.inventory import load_inventory
 
 VERBOSE = click.option(
@@ -48,24 +50,32 @@ def apply_command(
     still converge.
     """
     from pydask_deploy.deploy.apply import apply_cluster
+    from pydask_deploy.deploy.run import interrupted, interruptible
 
     inventory = load_inventory(inventory_file)
     mode = " (check mode: nothing will change)" if check else ""
     say(f"apply {inventory_file}: {len(inventory.hosts)} host(s){mode}")
-    applied = apply_cluster(
-        inventory,
-        check=check,
-        diff=diff,
-        limit=limit,
-        full=full,
-        on_progress=ProgressPrinter(show_diff=diff, verbose=verbose),
-        say=say,
-        warn=warn,
-    )
+    with interruptible():
+        applied = apply_cluster(
+            inventory,
+            check=check,
+            diff=diff,
+            limit=limit,
+            full=full,
+            on_progress=ProgressPrinter(show_diff=diff, verbose=verbose),
+            say=say,
+            warn=warn,
+        )
+        signal = interrupted()
     result = applied.run
     if as_json:
         click.echo(json.dumps(applied.to_json(), indent=2))
-    else:
+    if result.interrupted or signal:
+        again = f"pydask-deploy apply {inventory_file}"
+        for line in interruption(result, again, contract.LAST_SITE_TASK, signal):
+            say(line)
+        sys.exit(Interrupted.exit_code)
+    if not as_json:
         print_run(result)
         if result.in_sync:
             click.echo(f"in sync, left out (0 tasks run): {', '.join(result.in_sync)}")
@@ -136,19 +146,25 @@ def upgrade_command(
     --restart-scheduler; nothing was changed then, the inventory file included.
     """
     from pydask_deploy.deploy import upgrade as upgrade_module
+    from pydask_deploy.deploy.run import interruptible
     from pydask_deploy.inventory.edit import parse_setting
 
     settings = dict(parse_setting(a) for a in assignments)
-    result = upgrade_module.rolling_upgrade(
-        inventory_file,
-        settings=settings,
-        options=upgrade_module.UpgradeOptions(batch=batch, restart_scheduler=restart_scheduler),
-        say=say,
-        on_progress=ProgressPrinter(verbose=verbose),
-    )
+    with interruptible():
+        result = upgrade_module.rolling_upgrade(
+            inventory_file,
+            settings=settings,
+            options=upgrade_module.UpgradeOptions(batch=batch, restart_scheduler=restart_scheduler),
+            say=say,
+            on_progress=ProgressPrinter(verbose=verbose),
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
+        staging = result.staging
+        if staging.seconds:
+            state = "failed" if staging.error else "staged"
+            click.echo(f"\n{'STAGE':<6} {state:<9} {staging.seconds:>8.1f}  every host")
         click.echo(f"\n{'BATCH':<6} {'OUTCOME':<9} {'SECONDS':>8}  HOSTS")
         for b in result.batches:
             colour = "red" if b.outcome == "failed" else None
@@ -165,7 +181,11 @@ def upgrade_command(
         return
     say(f"upgrade stopped: {result.error}")
     if result.pending:
-        say(f"not touched, still serving on the old runtime: {', '.join(result.pending)}")
+        say(f"not restarted, still serving on the old runtime: {', '.join(result.pending)}")
+    if result.interrupted:
+        say("every worker serves, on the old runtime or the new one")
+        say(f"run `{result.resume}` again to complete the job")
+        sys.exit(Interrupted.exit_code)
     say(f"fix the cause, then resume with `{result.resume}`")
     sys.exit(1)
 
@@ -189,6 +209,7 @@ def destroy_command(
     failed or was unreachable.
     """
     from pydask_deploy.deploy import destroy as destroy_module
+    from pydask_deploy.deploy.run import interrupted, interruptible
     from pydask_deploy.errors import UsageError
 
     inventory = load_inventory(inventory_file)
@@ -202,12 +223,19 @@ def destroy_command(
             err=True,
         )
     say(f"destroy {inventory_file}: {len(inventory.hosts)} host(s)")
-    result = destroy_module.destroy_cluster(
-        inventory, ProgressPrinter(verbose=verbose), remove_user=remove_user
-    )
+    with interruptible():
+        result = destroy_module.destroy_cluster(
+            inventory, ProgressPrinter(verbose=verbose), remove_user=remove_user
+        )
+        signal = interrupted()
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
-    else:
+    if result.interrupted or signal:
+        again = f"pydask-deploy destroy {inventory_file} --yes"
+        for line in interruption(result, again, None, signal):
+            say(line)
+        sys.exit(Interrupted.exit_code)
+    if not as_json:
         print_run(result)
     if not result.succeeded:
         failed = ", ".join(h.name for h in result.failed_hosts)

@@ -133,6 +133,35 @@ def print_run(result: RunResult) -> None:
             click.secho(f"{h.name}: {error}", fg="red")
 
 
+def interruption(
+    result: RunResult, again: str, finished_task: str | None = None, signal: str | None = None
+) -> list[str]:
+    """What an interrupted run did, for the lines ``say`` prints: which hosts finished
+    (left out as in sync, or past ``finished_task``), which were in progress and where,
+    which were not reached, and the command that completes the job."""
+    done = [*result.in_sync]
+    busy: dict[str, list[str]] = {}
+    idle = []
+    for host in result.hosts:
+        if host.name in result.in_sync:
+            continue
+        if finished_task and host.last_task == finished_task:
+            done.append(host.name)
+        elif host.last_task:
+            busy.setdefault(host.last_task, []).append(host.name)
+        else:
+            idle.append(host.name)
+    lines = [f"interrupted{f' ({signal})' if signal else ''}: Ansible was stopped"]
+    if done:
+        lines.append(f"finished: {', '.join(done)}")
+    for task, names in busy.items():
+        lines.append(f"in progress: {', '.join(names)} (at: {task})")
+    if idle:
+        lines.append(f"not reached: {', '.join(idle)}")
+    lines.append(f"run `{again}` again to complete the job")
+    return lines
+
+
 # --------------------------------------------------------------------------- tables
 
 

@@ -5,10 +5,12 @@ This is the one module that starts Ansible.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ class HostResult:
     unreachable: int = 0
     skipped: int = 0
     errors: tuple[str, ...] = ()
+    last_task: str = ""  # the last task the host reported, when the run was interrupted
 
     @property
     def succeeded(self) -> bool:
@@ -68,6 +71,11 @@ class RunResult:
     def succeeded(self) -> bool:
         return self.status == "successful" and not self.failed_hosts
 
+    @property
+    def interrupted(self) -> bool:
+        """SIGINT or SIGTERM stopped Ansible (``interruptible``) before it finished."""
+        return self.status == "canceled"
+
     def to_json(self) -> dict[str, Any]:
         keys = ("ok", "changed", "failed", "unreachable", "skipped")
         return {
@@ -86,6 +94,7 @@ class RunResult:
             },
             "in_sync_hosts": list(self.in_sync),
             "ansible_started": self.ansible_started,
+            "interrupted": self.interrupted,
         }
 
 
@@ -114,10 +123,12 @@ _RESULT_EVENTS = {
 
 @dataclass
 class _Collector:
-    """Turns ansible-runner events into Progress and remembers each host's errors."""
+    """Turns ansible-runner events into Progress and remembers each host's errors and its
+    last task."""
 
     on_progress: OnProgress
     errors: dict[str, list[str]] = field(default_factory=dict)
+    last_task: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -137,6 +148,7 @@ class _Collector:
                 status = "ok"
             host = str(data.get("host", ""))
             task = str(data.get("task", ""))
+            self.last_task[host] = task
             message = _message(result) if status in ("failed", "unreachable") else ""
             if message:
                 self.errors.setdefault(host, []).append(f"{task}: {message}")
@@ -174,9 +186,49 @@ def _message(result: Mapping[str, Any]) -> str:
     return message or "failed without a message"
 
 
+class _Signals:
+    """The signal that asked a command to stop (``interruptible``), None while none did."""
+
+    received: int | None = None
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into a request to stop, for a command that changes hosts:
+    a running Ansible is stopped (ansible-runner kills its whole process group) and its
+    result says so (``RunResult.interrupted``); no new Ansible starts. The command then says
+    what was done and exits 130. The previous handlers come back afterwards."""
+    names = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in names}
+
+    def remember(signum: int, _frame: object) -> None:
+        _Signals.received = _Signals.received or signum
+
+    for s in names:
+        signal.signal(s, remember)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _Signals.received = None
+
+
+def interrupted() -> str | None:
+    """The name of the signal that asked to stop (``SIGINT``), or None."""
+    received = _Signals.received
+    return signal.Signals(received).name if received else None
+
+
 def run_playbook(plan: Plan, on_progress: OnProgress) -> RunResult:
-    """Run the plan's playbook and return the per-host result (never raises for host failures)."""
+    """Run the plan's playbook and return the per-host result (never raises for host failures).
+
+    Inside ``interruptible``, a SIGINT or SIGTERM stops Ansible within half a second; the
+    result is then ``interrupted`` and each host carries the last task it reported.
+    """
     collector = _Collector(on_progress)
+    if interrupted():
+        return RunResult(hosts=(), status="canceled", rc=254, seconds=0.0, check=plan.check)
     path = path_with_ansible()
     cmdline = []
     if plan.check:
@@ -195,6 +247,8 @@ def run_playbook(plan: Plan, on_progress: OnProgress) -> RunResult:
             envvars={**plan.settings, "PATH": path},
             cmdline=" ".join(cmdline) or None,
             event_handler=collector,
+            cancel_callback=lambda: interrupted() is not None,
+            settings={"pexpect_timeout": 0.5},  # how often a stop request is looked at
             quiet=True,
             suppress_env_files=True,
         )
@@ -217,7 +271,14 @@ def run_playbook(plan: Plan, on_progress: OnProgress) -> RunResult:
         for name in names
         if plan.limit is None or name in _touched(stats)
     )
-    if not stats:
+    if runner.status == "canceled":
+        reported = [n for n in names if n in collector.last_task]
+        hosts = tuple(
+            HostResult(name=n, errors=tuple(collector.errors.get(n, ())), last_task=task)
+            for n in (names if plan.limit is None else reported)
+            for task in [collector.last_task.get(n, "")]
+        )
+    elif not stats:
         # Ansible stopped before any host ran (bad playbook, missing role ...): say why.
         hosts = (HostResult(name="(ansible)", failed=1, errors=(tail.strip() or runner.status,)),)
     return RunResult(

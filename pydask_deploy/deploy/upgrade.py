@@ -32,7 +32,7 @@ from pydask_deploy import contract
 from pydask_deploy.deploy.apply import prepare_tls
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply, plan_restart
-from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, run_playbook
+from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, interrupted, run_playbook
 from pydask_deploy.errors import PkiError, UpgradeError, UsageError
 from pydask_deploy.inventory import Host, Inventory, load_inventory
 from pydask_deploy.inventory.edit import InventoryEdit, flow, prepare_settings
@@ -137,12 +137,14 @@ class UpgradeResult:
     batch: str = DEFAULT_BATCH
     error: str = ""
     staging: Staging = field(default_factory=Staging)
+    interrupted: str = ""  # the signal that stopped the upgrade (SIGINT, SIGTERM), or ''
 
     @property
     def ok(self) -> bool:
         return (
             not self.error
             and not self.staging.error
+            and not self.interrupted
             and all(b.outcome != "failed" for b in self.batches)
         )
 
@@ -163,6 +165,7 @@ class UpgradeResult:
             "scheduler": self.scheduler,
             "seconds": round(self.seconds, 2),
             "error": self.error,
+            "interrupted": self.interrupted or None,
             "resume": None if self.ok else self.resume,
         }
 
@@ -266,6 +269,8 @@ class _UnitChanges:
 
 
 def _failure(result: RunResult) -> str:
+    if result.interrupted:
+        return f"interrupted ({interrupted() or 'a signal'}): Ansible was stopped"
     return "; ".join(
         f"{h.name}: {(h.errors or ('unreachable' if h.unreachable else 'failed',))[0]}"
         for h in result.failed_hosts
@@ -345,6 +350,9 @@ class _Upgrade:
             missing = [h for h in hosts if len(fresh[h.name]) < expected[h.name]]
             if not missing:
                 return fresh, ""
+            if signal := interrupted():
+                # the retired workers' units restart by themselves into the staged runtime
+                return fresh, f"interrupted ({signal}) while the workers came back"
             waited = time.monotonic() - started
             if waited > self.options.timeout:
                 shown = ", ".join(
@@ -503,6 +511,7 @@ class _Upgrade:
             batch=self.options.batch,
             error=error,
             staging=staging or Staging(),
+            interrupted=interrupted() or "",
         )
 
 
@@ -596,6 +605,10 @@ def _roll(upgrade: _Upgrade, batches: list[tuple[Host, ...]]) -> UpgradeResult:
     restart = set(staging.restart)
     results: list[BatchResult] = []
     for index, hosts in enumerate(batches, 1):
+        if signal := interrupted():
+            pending = [h.name for b in batches[index - 1 :] for h in b]
+            error = f"interrupted ({signal}) before batch {index}/{len(batches)}"
+            return upgrade.result(started, results, pending, "not reached", error, staging)
         result = upgrade.run_batch(index, len(batches), hosts, restart, all_at_once)
         results.append(result)
         if result.outcome == "failed":
