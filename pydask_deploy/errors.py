@@ -22,6 +22,11 @@ class InventoryError(UsageError):
     """An inventory that cannot be used as written (names the file, the key and the value)."""
 
 
+class CaMismatchError(UsageError):
+    """A host carries another cluster CA than the inventory's: apply would lock every
+    existing client out. Exit 2, nothing changed."""
+
+
 class LabError(DeployError):
     """The local lab could not be brought up or down."""
 

@@ -142,3 +142,8 @@ def test_the_last_task_of_site_yml_is_the_one_python_knows() -> None:
     (play,) = _load(playbook_path(contract.SITE_PLAYBOOK))
     last = [*_tasks(play.get("post_tasks") or play.get("tasks") or [])][-1]
     assert last["name"] == contract.LAST_SITE_TASK
+
+
+def test_the_hosts_ca_file_is_where_the_roles_put_it() -> None:
+    assert _role_vars()["__dask_tls_dir"] == f"{{{{ dask_config_dir }}}}/{contract.TLS_DIR}"
+    assert f"dest: {contract.CA_CERT}" in _text(roles_path(), "*.yml")

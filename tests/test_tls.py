@@ -156,10 +156,34 @@ def test_client_config_gives_what_security_takes(cluster: Cluster) -> None:
         assert client.submit(lambda: "ok").result(timeout=30) == "ok"
 
 
+def test_a_renamed_inventory_is_refused_before_anything_changes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A copy of the inventory under another name has no certificate directory of its own:
+    apply would make a new CA and lock every client out. It stops, changing nothing."""
+    renamed = tmp_path / "prod-new.yml"
+    renamed.write_text(cluster.inventory.read_text().replace("dask_tls_pki_dir", "# was"))
+    worker = cluster.lab.hosts[1].name
+    ca_before = ssh(cluster.lab, worker, "cat /etc/dask/tls/ca.crt")
+    pid_before = ssh(cluster.lab, worker, "systemctl show -p MainPID --value dask-worker")
+    for args in ([], ["--check"]):
+        refused_apply = cli("apply", str(renamed), *args)
+        assert refused_apply.returncode == 2, refused_apply.stderr[-3000:]
+        message = refused_apply.stderr
+        ours = pki.fingerprint(ca_before.encode())
+        assert f"{worker}" in message and ours in message  # the host and the CA it carries
+        assert f"{tmp_path / 'prod-new-pki'} holds no CA" in message
+        assert "`dask_tls_pki_dir`" in message and f"apply {renamed} --new-ca" in message
+        assert "PLAY" not in message and "Converge" not in message
+    assert not (tmp_path / "prod-new-pki").exists()
+    assert ssh(cluster.lab, worker, "cat /etc/dask/tls/ca.crt") == ca_before
+    assert ssh(cluster.lab, worker, "systemctl show -p MainPID --value dask-worker") == pid_before
+
+
 def test_rotating_the_ca_reissues_everything_and_refuses_the_old_clients(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """The README's procedure: move ca.crt and ca.key aside, apply."""
+    """The README's procedure: move ca.crt and ca.key aside, apply --new-ca."""
     directory = pki.pki_dir(load_inventory(cluster.inventory))
     old = {name: (directory / name).read_bytes() for name in ("ca.crt", "client.crt", "client.key")}
     for name, content in old.items():
@@ -170,7 +194,11 @@ def test_rotating_the_ca_reissues_everything_and_refuses_the_old_clients(
     for name in ("ca.crt", "ca.key"):
         (directory / name).rename(aside / name)
 
-    rotated = cli("apply", str(cluster.inventory), "--json")
+    # without --new-ca, apply sees the hosts on another CA than the inventory's and stops
+    stopped = cli("apply", str(cluster.inventory))
+    assert stopped.returncode == 2 and "--new-ca" in stopped.stderr, stopped.stderr[-3000:]
+    assert not (directory / "ca.crt").exists()
+    rotated = cli("apply", str(cluster.inventory), "--new-ca", "--json")
     assert rotated.returncode == 0, rotated.stderr[-3000:]
     issued = {i["name"] for i in json.loads(rotated.stdout)["certificates_issued"]}
     assert issued == {"CA", "client", *(h.name for h in cluster.lab.hosts)}

@@ -28,6 +28,13 @@ VERBOSE = click.option(
     is_flag=True,
     help="Run every task on every host, also on hosts the SSH check finds in sync.",
 )
+@click.option(
+    "--new-ca",
+    is_flag=True,
+    help="Re-key the cluster on purpose: go on even when the hosts carry another CA than "
+    "the inventory's certificate directory (every certificate is re-issued, the units "
+    "restart, clients need the new client files).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @VERBOSE
 @reports_errors
@@ -37,6 +44,7 @@ def apply_command(
     diff: bool,
     limit: str | None,
     full: bool,
+    new_ca: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -65,6 +73,7 @@ def apply_command(
             on_progress=ProgressPrinter(show_diff=diff, verbose=verbose),
             say=say,
             warn=warn,
+            new_ca=new_ca,
         )
         signal = interrupted()
     result = applied.run

@@ -8,20 +8,62 @@ the same pieces.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydask_deploy import contract
 from pydask_deploy.deploy import insync
 from pydask_deploy.deploy import pki as pki_module
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply
 from pydask_deploy.deploy.run import HostResult, OnProgress, RunResult, run_playbook
+from pydask_deploy.errors import CaMismatchError
 from pydask_deploy.inventory import Inventory
-from pydask_deploy.observe import connection
+from pydask_deploy.observe import connection, remote
 
 Say = Callable[[str], None]
+
+
+def check_ca(inventory: Inventory, outputs: Mapping[str, remote.HostResult]) -> None:
+    """Refuse a cluster whose hosts carry another CA than the inventory's certificate
+    directory (a copied or renamed inventory, a ``dask_tls_pki_dir`` that points elsewhere):
+    going on would issue new certificates, restart the units and lock every existing client
+    out. Raises ``CaMismatchError`` (exit 2) before anything changes, naming the host, both
+    fingerprints and the two ways on. Hosts without a CA, or not reached, pass."""
+    if not connection.tls_enabled(inventory):
+        return
+    directory = pki_module.pki_dir(inventory)
+    ours_file = directory / contract.CA_CERT
+    try:
+        ours = pki_module.fingerprint(ours_file.read_bytes()) if ours_file.is_file() else None
+    except ValueError:
+        return  # an unreadable CA on the controller is ensure_pki's to report
+    theirs: dict[str, list[str]] = {}
+    for name, result in outputs.items():
+        pem = insync.ca_in(result.stdout) if isinstance(result, remote.CommandResult) else None
+        if pem is None:
+            continue
+        with contextlib.suppress(ValueError):
+            found = pki_module.fingerprint(pem)
+            if found != ours:
+                theirs.setdefault(found, []).append(name)
+    if not theirs:
+        return
+    hosts = "; ".join(f"{', '.join(names)}: {found}" for found, names in theirs.items())
+    mine = (
+        f"{ours_file} is {ours}" if ours else f"{directory} holds no CA (a new one would be made)"
+    )
+    raise CaMismatchError(
+        f"{inventory.path}: the hosts carry another cluster CA than this inventory's ({hosts}; "
+        f"{mine}). Going on would re-issue every certificate, restart the units and lock the "
+        "existing clients out. Either point `dask_tls_pki_dir` at the directory holding the "
+        "cluster's CA (beside the inventory it was applied with, `<stem>-pki`), or re-key the "
+        f"cluster on purpose with `pydask-deploy apply {inventory.path} --new-ca`. Nothing "
+        "was changed."
+    )
 
 
 def prepare_tls(inventory: Inventory, *, check: bool = False) -> tuple[Pki | None, list[str]]:
@@ -79,19 +121,27 @@ def converge(
     pki: Pki | None,
     on_progress: OnProgress,
     say: Callable[[str], None],
+    read: tuple[Mapping[str, remote.HostResult], float] | None = None,
+    chosen: Sequence[str] | None = None,
 ) -> tuple[RunResult, FastPath]:
     """``apply``: probe, then run site.yml on the hosts not in sync (all with ``full``).
 
-    Returns the RunResult (in-sync hosts included, with no task counted) and the FastPath.
+    ``read`` is what ``insync.read_hosts`` read on the hosts already, and its seconds (else
+    the hosts are read here). Returns the RunResult (in-sync hosts included, with no task
+    counted) and the FastPath. ``chosen`` are the hosts ``limit`` selects, when known.
     """
     started = time.monotonic()
-    chosen = limit_hosts(inventory, limit) if limit else tuple(h.name for h in inventory.hosts)
+    if chosen is None:
+        chosen = limit_hosts(inventory, limit) if limit else tuple(h.name for h in inventory.hosts)
     checks = insync.host_checks(inventory, pki, [inventory.host(n) for n in chosen])
     extravars = insync.record_extravars(checks)
     fast = FastPath(checked=False)
     in_sync: tuple[str, ...] = ()
     if not full and chosen:
-        verdicts, seconds = insync.probe(inventory, checks)
+        if read is None:
+            verdicts, seconds = insync.probe(inventory, checks)
+        else:
+            verdicts, seconds = insync.judge(checks, read[0]), read[1]
         in_sync = tuple(n for n in chosen if verdicts[n].in_sync)
         run = {n: verdicts[n].reason for n in chosen if not verdicts[n].in_sync}
         fast = FastPath(True, in_sync, run, seconds)
@@ -161,9 +211,17 @@ def apply_cluster(
     on_progress: OnProgress,
     say: Say,
     warn: Say,
+    new_ca: bool = False,
 ) -> ApplyResult:
     """Converge the cluster of ``inventory`` (module docstring). Host failures are in the
-    result; bad input raises ``UsageError`` before any host is touched."""
+    result; bad input raises ``UsageError`` before any host is touched, as does a host on
+    another CA unless ``new_ca`` says the re-key is meant (``check_ca``)."""
+    started = time.monotonic()
+    chosen = limit_hosts(inventory, limit) if limit else tuple(h.name for h in inventory.hosts)
+    hosts = [inventory.host(n) for n in chosen]
+    read = insync.read_hosts(inventory, hosts, with_state=not full) if hosts else ({}, 0.0)
+    if not new_ca:
+        check_ca(inventory, read[0])
     pki, warnings = prepare_tls(inventory, check=check)
     if pki is not None:
         say(f"tls: {pki.summary(check)}")
@@ -178,5 +236,8 @@ def apply_cluster(
         pki=pki,
         on_progress=on_progress,
         say=say,
+        read=None if full else read,
+        chosen=chosen,
     )
+    run = replace(run, seconds=time.monotonic() - started)  # the first SSH round included
     return ApplyResult(run, fast, pki, tuple(warnings))

@@ -306,13 +306,65 @@ def record_extravars(checks: Mapping[str, HostCheck]) -> dict[str, object]:
 # --------------------------------------------------------------------------- the probe
 
 
+def read_command(ca_file: str, check: HostCheck | None = None) -> str:
+    """The one shell command apply runs on a host before anything else: the cluster CA
+    certificate the host carries (``@@ca``) and, given the host's check, its in-sync record
+    and its state now."""
+    script = f"echo @@ca\ncat {shlex.quote(ca_file)} 2>/dev/null\n"
+    if check is not None and check.eligible:
+        script += (
+            f"echo @@record\ncat {shlex.quote(check.record)} 2>/dev/null\necho @@state\n"
+            f"{check.state}"
+        )
+    return "sh -c " + shlex.quote(script + "echo @@end\n")
+
+
 def probe_command(check: HostCheck) -> str:
     """The one shell command that prints a host's record and its state now."""
-    script = (
-        f"echo @@record\ncat {shlex.quote(check.record)} 2>/dev/null\necho @@state\n"
-        f"{check.state}echo @@end\n"
-    )
-    return "sh -c " + shlex.quote(script)
+    return read_command("/dev/null", check)
+
+
+def ca_file(inventory: Inventory, host: Host) -> str:
+    """Where the host keeps the cluster CA's certificate (the roles' ``__dask_tls_dir``)."""
+    config = str(inventory.dask_vars(host).get("dask_config_dir", "/etc/dask")).rstrip("/")
+    return f"{config}/{contract.TLS_DIR}/{contract.CA_CERT}"
+
+
+def ca_in(stdout: str) -> bytes | None:
+    """The CA certificate (PEM) a host printed in its ``@@ca`` section, or None."""
+    text = "\n".join(cluster.sections(stdout).get("ca", [])).strip()
+    return text.encode() + b"\n" if "BEGIN CERTIFICATE" in text else None
+
+
+def read_hosts(
+    inventory: Inventory, hosts: Sequence[Host], *, with_state: bool
+) -> tuple[dict[str, remote.HostResult], float]:
+    """One SSH round to ``hosts`` (``read_command``): each host's CA and, ``with_state``,
+    what the in-sync check needs. Returns each host's output and the round's seconds."""
+    started = time.monotonic()
+    checks = host_checks(inventory, None, hosts) if with_state else {}
+    targets = {h.name: remote.ssh_target(h, CONNECT_TIMEOUT) for h in hosts}
+    commands = {h.name: read_command(ca_file(inventory, h), checks.get(h.name)) for h in hosts}
+    results = asyncio.run(remote.run_on_hosts(targets, commands, COMMAND_TIMEOUT))
+    return results, time.monotonic() - started
+
+
+def judge(
+    checks: Mapping[str, HostCheck], outputs: Mapping[str, remote.HostResult]
+) -> dict[str, Verdict]:
+    """Each host's Verdict from what ``read_hosts`` read on it."""
+    verdicts = {}
+    for name, check in checks.items():
+        result = outputs.get(name)
+        if not check.eligible:
+            verdicts[name] = Verdict(False, check.reason)
+        elif result is None:
+            verdicts[name] = Verdict(False, "not checked")
+        elif isinstance(result, remote.Unreachable):
+            verdicts[name] = Verdict(False, f"not reached over SSH ({result.reason})")
+        else:
+            verdicts[name] = parse_probe(result.stdout, check)
+    return verdicts
 
 
 @dataclass(frozen=True)
@@ -379,16 +431,6 @@ def probe(
     inventory: Inventory, checks: Mapping[str, HostCheck]
 ) -> tuple[dict[str, Verdict], float]:
     """One SSH round to every eligible host; each gets a Verdict. Also the round's seconds."""
-    started = time.monotonic()
-    eligible = {name: c for name, c in checks.items() if c.eligible}
-    verdicts = {name: Verdict(False, c.reason) for name, c in checks.items() if not c.eligible}
-    if eligible:
-        targets = {n: remote.ssh_target(inventory.host(n), CONNECT_TIMEOUT) for n in eligible}
-        commands = {n: probe_command(c) for n, c in eligible.items()}
-        results = asyncio.run(remote.run_on_hosts(targets, commands, COMMAND_TIMEOUT))
-        for name, result in results.items():
-            if isinstance(result, remote.Unreachable):
-                verdicts[name] = Verdict(False, f"not reached over SSH ({result.reason})")
-            else:
-                verdicts[name] = parse_probe(result.stdout, eligible[name])
-    return verdicts, time.monotonic() - started
+    eligible = [inventory.host(n) for n, c in checks.items() if c.eligible]
+    outputs, seconds = read_hosts(inventory, eligible, with_state=True) if eligible else ({}, 0.0)
+    return judge(checks, outputs), seconds

@@ -433,3 +433,10 @@ def ssh_public_key(private_key: bytes) -> str:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     return body.decode()
+
+
+def fingerprint(pem: bytes) -> str:
+    """A certificate's SHA-256 fingerprint as ``openssl x509 -fingerprint -sha256`` shows
+    it (``AB:CD:...``); ValueError when ``pem`` is not a certificate."""
+    digest = x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256())
+    return ":".join(f"{byte:02X}" for byte in digest)
