@@ -7,8 +7,10 @@ what ``check`` and ``apply`` read.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -367,6 +369,30 @@ def test_write_inventory_never_writes_an_invalid_inventory(tmp_path: Path) -> No
     with pytest.raises(InventoryError):
         write_inventory(bad, tmp_path / "new" / "prod.yml")
     assert list(tmp_path.iterdir()) == []  # not even the directory
+
+
+def test_write_inventory_writes_into_a_pipe_and_leaves_it_one(tmp_path: Path) -> None:
+    # `-o /dev/null --force`: a rename would put a file where the device node was
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    reader = threading.Thread(
+        target=lambda: received.append(pipe.read_text(encoding="utf-8")), daemon=True
+    )
+    reader.start()
+    text = write_inventory(_spec(HostEntry("w1")), pipe, force=True)
+    reader.join(timeout=10)
+    assert received == [text]
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_preamble_opens_the_file_above_the_header() -> None:
+    spec = _spec(HostEntry("w1"), preamble=("Written by a test; rewritten on every run.",))
+    lines = render(spec).splitlines()
+    assert lines[:2] == ["# Written by a test; rewritten on every run.", "#"]
+    assert lines[2].startswith("# A Dask cluster inventory written by pydask-deploy")
+    assert not render(_spec(HostEntry("w1"))).startswith("# Written")
 
 
 def test_write_inventory_sees_group_vars_beside_it(tmp_path: Path) -> None:

@@ -119,7 +119,9 @@ def _header(spec: ClusterSpec, path: str | None, now: datetime) -> list[str]:
     workers = len(spec.workers)
     also = any(w.name == spec.scheduler.name for w in spec.workers)
     role = " (it also runs a worker)" if also else " (scheduler only)"
-    lines = _comment(
+    lines = [line for text in spec.preamble for line in _comment(text, wrap=True)]
+    lines += ["#"] if lines else []
+    lines += _comment(
         f"A Dask cluster inventory written by pydask-deploy {__version__} on "
         f"{now.astimezone(UTC):%Y-%m-%d %H:%M} UTC with:"
     )
@@ -229,6 +231,14 @@ def write_inventory(
         return text
     check_output(output, force)
     text = render(spec, str(output), now)
+    if output.exists() and not output.is_file():
+        # a device or a pipe (`-o /dev/null`): validated elsewhere, then written into; a
+        # rename would replace the device node itself with a file
+        with tempfile.TemporaryDirectory(prefix="pydask-inventory-") as scratch:
+            _validate(_stage(text, Path(scratch)), str(output))
+        with output.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+        return text
     directory = output.parent
     fresh = not directory.is_dir()
     if fresh:  # nothing beside it yet: validate elsewhere, create the directory on success

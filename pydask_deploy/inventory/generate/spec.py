@@ -44,7 +44,8 @@ class ClusterSpec:
     ``common_vars`` go under ``all.vars`` (``ansible_user``, ``ansible_ssh_private_key_file``,
     ``ansible_ssh_common_args`` ...). ``source`` is the command that made it and ``notes`` are
     more header comment lines. ``warnings`` are header lines the command also shows the user
-    on stderr (e.g. the nodes that were left out).
+    on stderr (e.g. the nodes that were left out). ``preamble`` lines open the file, above the
+    header (the lab's: who rewrites the file).
     """
 
     scheduler: HostEntry
@@ -53,6 +54,7 @@ class ClusterSpec:
     source: str
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    preamble: tuple[str, ...] = ()
 
 
 # An RFC 1123 host name (or an IPv4 address, which matches it too); Ansible also takes `_`.
