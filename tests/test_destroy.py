@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -11,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TEST_LAB, cli, ssh
+from conftest import cli, ssh
 from distributed import Client
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.destroy import plan_destroy
@@ -78,13 +78,6 @@ def test_destroy_without_yes_and_without_a_terminal_exits_2(tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- on a real host
 
-DESTROY_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-destroy-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest6",
-    subnet=ipaddress.IPv4Network("10.246.0.0/24"),
-)
-
 _LEFTOVERS = (
     "ls -d /opt/dask /etc/dask /var/lib/dask /etc/systemd/system/dask-*.service 2>/dev/null; "
     "pgrep -u dask -f 'dask (worker|scheduler)' || true"
@@ -92,10 +85,9 @@ _LEFTOVERS = (
 
 
 @pytest.fixture(scope="module")
-def destroy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
+def destroy_lab(lab_factory: LabFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
     """One lab host of its own that runs the scheduler and a worker, converged by apply."""
-    inventory = tmp_path_factory.mktemp("destroy") / "destroy.yml"
-    with lab_module.booted_lab(1, inventory, DESTROY_LAB) as lab:
+    with lab_factory.boot(1) as (lab, inventory):
         applied = cli("apply", str(inventory))
         assert applied.returncode == 0, applied.stderr[-3000:]
         yield lab, inventory

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shutil
 import threading
@@ -14,8 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TEST_LAB, cli, ssh
+from conftest import cli, ssh
 from distributed import Client, wait
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.upgrade import batch_size, plan_batches
@@ -100,13 +100,6 @@ def test_cli_bad_set_exits_2_and_leaves_the_file(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- on real hosts
 
-UPGRADE_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-upgrade-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest5",
-    subnet=ipaddress.IPv4Network("10.245.0.0/24"),
-)
-
 
 @dataclass(frozen=True)
 class UpgradeLab:
@@ -127,10 +120,9 @@ class UpgradeLab:
 
 
 @pytest.fixture(scope="module")
-def upgrade_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpgradeLab]:
+def upgrade_lab(lab_factory: LabFactory) -> Iterator[UpgradeLab]:
     """Four lab hosts of their own (a scheduler and three workers), converged by one apply."""
-    inventory = tmp_path_factory.mktemp("upgrade") / "upgrade.yml"
-    with lab_module.booted_lab(4, inventory, UPGRADE_LAB) as lab:
+    with lab_factory.boot(4) as (lab, inventory):
         applied = cli("apply", str(inventory))
         assert applied.returncode == 0, applied.stderr[-3000:]
         yield UpgradeLab(lab, inventory)
