@@ -7,23 +7,14 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from distributed import Client, Security
+from helpers import Cluster, cli, edit_inventory
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
-from pydask_deploy.deploy import pki
-from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
 
 # Every lab shares the cached rootfs, key and wheelhouse with the user's lab, unless told otherwise.
 LAB_CACHE = Path(os.environ.get("PYDASK_LAB_CACHE", lab_module.LabConfig().cache_dir))
@@ -115,57 +106,6 @@ def docker_lab(lab_factory: LabFactory, docker_lab_inventory: Path) -> Iterator[
 
 # --------------------------------------------------------------------------- a converged cluster
 # Shared by the tests that need a deployed cluster (test_apply, test_status, test_logs).
-
-
-def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pydask_deploy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ssh(lab: lab_module.Lab, host: str, command: str) -> str:
-    argv = lab_module.ssh_command(lab.config, host, [command])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
-    return done.stdout
-
-
-def edit_inventory(source: Path, target: Path, **all_vars: Any) -> Path:
-    """A copy of ``source`` with some ``all`` vars changed: the same cluster, same certificates."""
-    data = yaml.safe_load(source.read_text())
-    data["all"]["vars"].setdefault("dask_tls_pki_dir", str(pki.pki_dir(load_inventory(source))))
-    data["all"]["vars"].update(all_vars)
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
-@dataclass(frozen=True)
-class Cluster:
-    lab: lab_module.Lab
-    inventory: Path
-    first_apply: dict[str, Any]
-
-    @property
-    def address(self) -> str:
-        """The scheduler's address, ``tls://`` as the cluster runs with mutual TLS."""
-        return connection.cluster_address(load_inventory(self.inventory))
-
-    def security(self) -> Security | None:
-        """The client certificate apply made (None for a ``dask_tls: false`` cluster)."""
-        return connection.client_security(load_inventory(self.inventory))
-
-    def client(self) -> Client:
-        return Client(self.address, security=self.security(), timeout=30)  # type: ignore[no-untyped-call]
-
-
-def wait_for_workers(client: Client, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.scheduler_info()["workers"]) != count:
-        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")

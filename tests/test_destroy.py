@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli, ssh
-from distributed import Client
+from helpers import cli, cluster_client, ssh
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.destroy import plan_destroy
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection
 from pydask_deploy.resources import playbook_path, roles_path
 
 _INVENTORY = """\
@@ -123,8 +121,5 @@ def test_destroy_then_apply_gives_a_working_cluster(
     assert applied.returncode == 0, applied.stderr[-3000:]
     verified = cli("verify", str(inventory))
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    loaded = load_inventory(inventory)
-    with Client(  # type: ignore[no-untyped-call]
-        connection.cluster_address(loaded), security=connection.client_security(loaded), timeout=30
-    ) as client:
+    with cluster_client(inventory) as client:
         assert client.submit(lambda: 6 * 7).result(timeout=60) == 42

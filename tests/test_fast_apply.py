@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import cli, edit_inventory, ssh
+from helpers import cli, edit_inventory, ssh
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,38 +12,13 @@ from pathlib import Path
 
 import ansible_runner
 import pytest
+from helpers import cli, lab_env, ssh
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.resources import path_with_ansible
 
 pytestmark = pytest.mark.lab
-
-
-def ssh(config: lab_module.LabConfig, host: str, command: str, timeout: float = 60) -> str:
-    argv = lab_module.ssh_command(config, host, [command])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
-    return done.stdout
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pydask_deploy", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
-def lab_env(config: lab_module.LabConfig) -> dict[str, str]:
-    return {
-        "PYDASK_LAB_DIR": str(config.state_dir),
-        "PYDASK_LAB_CACHE": str(config.cache_dir),
-        "PYDASK_LAB_BRIDGE": config.bridge,
-        "PYDASK_LAB_SUBNET": str(config.subnet),
-    }
 
 
 def test_every_host_runs_systemd(lab: lab_module.Lab) -> None:

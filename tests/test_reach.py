@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import cli, ssh
 from distributed import Client
+from helpers import cli, ssh
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
