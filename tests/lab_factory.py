@@ -8,7 +8,8 @@ exclusive ``flock`` on its lock file: the kernel drops the lock when its process
 it dies, so a claim can never outlive its owner, and the next claimant tears down whatever
 the dead owner left in the slot's state directory before using it. A slot whose bridge name
 or subnet is on an interface, and that holds no state of ours, belongs to something else and
-is passed over.
+is passed over. The lock files stay (empty) when their slot is free: removing one while
+another session opens it would let two sessions hold "the" lock of one slot.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _bridge_present(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Claim:
     """One held slot: the open lock file (the claim itself) and the lab configuration."""
 
@@ -142,7 +143,7 @@ class LabFactory:
     cache_dir: Path
     # a fresh directory per lab for its inventory (and the certificates apply puts beside it)
     tmp_path_factory: pytest.TempPathFactory
-    _held: list[_Claim] = field(default_factory=list)
+    _held: list[_Claim] = field(default_factory=list, init=False)
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[lab_module.LabConfig]:
