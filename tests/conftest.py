@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
-import time
+import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from distributed import Client, Security
+from helpers import Cluster, cli, edit_inventory
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
-from pydask_deploy.deploy import pki
-from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection, scheduler
 
-# The tests' lab lives beside a user's lab, never on top of it.
-TEST_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-lab"),
-    # share the cached rootfs, key and wheelhouse with the user's lab, unless told otherwise
-    cache_dir=Path(os.environ.get("PYDASK_LAB_CACHE", lab_module.LabConfig().cache_dir)),
-    bridge="pdtest0",
-    subnet=ipaddress.IPv4Network("10.233.0.0/24"),
-)
+# Every lab shares the cached rootfs, key and wheelhouse with the user's lab, unless told otherwise.
+LAB_CACHE = Path(os.environ.get("PYDASK_LAB_CACHE", lab_module.LabConfig().cache_dir))
 LAB_HOSTS = int(os.environ.get("PYDASK_TEST_LAB_HOSTS", "3"))
 
 
@@ -71,9 +57,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
-def lab_config() -> lab_module.LabConfig:
-    return TEST_LAB
+def lab_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFactory]:
+    """Labs on a bridge, subnet and state directory of their own, free across concurrent
+    sessions; every lab is torn down when its block ends, and whatever is left at the end
+    of the session (a test interrupted, SIGTERM included) is torn down then."""
+    # SIGTERM (a CI timeout, `kill`) otherwise ends the process without any teardown
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    factory = LabFactory(cache_dir=LAB_CACHE, tmp_path_factory=tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        factory.close()
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +86,10 @@ def lab_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab(lab_inventory: Path, lab_config: lab_module.LabConfig) -> Iterator[lab_module.Lab]:
+def lab(lab_factory: LabFactory, lab_inventory: Path) -> Iterator[lab_module.Lab]:
     """A booted lab of LAB_HOSTS hosts for the whole session, torn down even when tests fail."""
-    with lab_module.booted_lab(LAB_HOSTS, lab_inventory, lab_config) as booted:
-        yield booted
+    with lab_factory.boot(LAB_HOSTS, inventory=lab_inventory) as booted:
+        yield booted.lab
 
 
 @pytest.fixture(scope="session")
@@ -95,71 +98,14 @@ def docker_lab_inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def docker_lab(docker_lab_inventory: Path) -> Iterator[lab_module.Lab]:
+def docker_lab(lab_factory: LabFactory, docker_lab_inventory: Path) -> Iterator[lab_module.Lab]:
     """Two --docker hosts on their own bridge, with the lab's registry, for the session."""
-    config = lab_module.LabConfig(
-        state_dir=Path("/var/lib/pydask-deploy/test-docker-lab"),
-        cache_dir=TEST_LAB.cache_dir,
-        bridge="pdtest3",
-        subnet=ipaddress.IPv4Network("10.236.0.0/24"),
-    )
-    with lab_module.booted_lab(2, docker_lab_inventory, config, docker=True) as booted:
-        yield booted
+    with lab_factory.boot(2, docker=True, inventory=docker_lab_inventory) as booted:
+        yield booted.lab
 
 
 # --------------------------------------------------------------------------- a converged cluster
 # Shared by the tests that need a deployed cluster (test_apply, test_status, test_logs).
-
-
-def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pydask_deploy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ssh(lab: lab_module.Lab, host: str, command: str) -> str:
-    argv = lab_module.ssh_command(lab.config, host, [command])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
-    return done.stdout
-
-
-def edit_inventory(source: Path, target: Path, **all_vars: Any) -> Path:
-    """A copy of ``source`` with some ``all`` vars changed: the same cluster, same certificates."""
-    data = yaml.safe_load(source.read_text())
-    data["all"]["vars"].setdefault("dask_tls_pki_dir", str(pki.pki_dir(load_inventory(source))))
-    data["all"]["vars"].update(all_vars)
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
-@dataclass(frozen=True)
-class Cluster:
-    lab: lab_module.Lab
-    inventory: Path
-    first_apply: dict[str, Any]
-
-    @property
-    def address(self) -> str:
-        """The scheduler's address, ``tls://`` as the cluster runs with mutual TLS."""
-        return connection.cluster_address(load_inventory(self.inventory))
-
-    def security(self) -> Security | None:
-        """The client certificate apply made (None for a ``dask_tls: false`` cluster)."""
-        return scheduler.client_security(load_inventory(self.inventory))
-
-    def client(self) -> Client:
-        return Client(self.address, security=self.security(), timeout=30)  # type: ignore[no-untyped-call]
-
-
-def wait_for_workers(client: Client, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.scheduler_info()["workers"]) != count:
-        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")

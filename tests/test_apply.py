@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import Cluster, cli, edit_inventory, ssh, wait_for_workers
 from distributed import get_task_stream
+from helpers import Cluster, cli, edit_inventory, ssh, wait_for_workers, with_unreachable_host
 
 pytestmark = pytest.mark.lab
 
@@ -134,12 +133,8 @@ def test_a_restarted_or_killed_worker_comes_back(cluster: Cluster, how: str) -> 
 def test_an_unreachable_host_is_reported_and_the_others_converge(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    data = yaml.safe_load(cluster.inventory.read_text())
     unused = str(cluster.lab.config.subnet.network_address + 200)  # no lab host there
-    data["all"]["children"]["dask_workers"]["hosts"]["ghost"] = {"ansible_host": unused}
-    data["all"]["vars"]["ansible_ssh_common_args"] += " -o ConnectTimeout=3"
-    inventory = tmp_path / "ghost.yml"
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    inventory = with_unreachable_host(cluster.inventory, tmp_path / "ghost.yml", unused)
     result = cli("apply", str(inventory), "--json")
     assert result.returncode == 1
     report = json.loads(result.stdout)

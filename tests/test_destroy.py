@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -11,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TEST_LAB, cli, ssh
-from distributed import Client
+from helpers import cli, cluster_client, ssh
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.destroy import plan_destroy
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection, scheduler
 from pydask_deploy.resources import playbook_path, roles_path
 
 _INVENTORY = """\
@@ -78,13 +76,6 @@ def test_destroy_without_yes_and_without_a_terminal_exits_2(tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- on a real host
 
-DESTROY_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-destroy-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest6",
-    subnet=ipaddress.IPv4Network("10.246.0.0/24"),
-)
-
 _LEFTOVERS = (
     "ls -d /opt/dask /etc/dask /var/lib/dask /etc/systemd/system/dask-*.service 2>/dev/null; "
     "pgrep -u dask -f 'dask (worker|scheduler)' || true"
@@ -92,10 +83,9 @@ _LEFTOVERS = (
 
 
 @pytest.fixture(scope="module")
-def destroy_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
+def destroy_lab(lab_factory: LabFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
     """One lab host of its own that runs the scheduler and a worker, converged by apply."""
-    inventory = tmp_path_factory.mktemp("destroy") / "destroy.yml"
-    with lab_module.booted_lab(1, inventory, DESTROY_LAB) as lab:
+    with lab_factory.boot(1) as (lab, inventory):
         applied = cli("apply", str(inventory))
         assert applied.returncode == 0, applied.stderr[-3000:]
         yield lab, inventory
@@ -131,8 +121,5 @@ def test_destroy_then_apply_gives_a_working_cluster(
     assert applied.returncode == 0, applied.stderr[-3000:]
     verified = cli("verify", str(inventory))
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    loaded = load_inventory(inventory)
-    with Client(  # type: ignore[no-untyped-call]
-        connection.cluster_address(loaded), security=scheduler.client_security(loaded), timeout=30
-    ) as client:
+    with cluster_client(inventory) as client:
         assert client.submit(lambda: 6 * 7).result(timeout=60) == 42

@@ -9,27 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distributed import Client
+from helpers import cli, cluster_client, ssh
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection, scheduler
+from pydask_deploy.observe import connection
 
 pytestmark = pytest.mark.lab
 
 DASK_VERSION = "2026.8.0"
-
-
-def run(argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def ssh(lab: lab_module.Lab, host: str, command: str, stdin: Path | None = None) -> str:
-    argv = lab_module.ssh_command(lab.config, host, [command])
-    with open(stdin or "/dev/null", "rb") as source:
-        done = subprocess.run(argv, stdin=source, capture_output=True, timeout=600)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr.decode()[-2000:]}"
-    return done.stdout.decode()
 
 
 def build_dask_image(lab: lab_module.Lab, workdir: Path) -> str:
@@ -39,7 +27,7 @@ def build_dask_image(lab: lab_module.Lab, workdir: Path) -> str:
     built from wheels this machine downloads (the hosts have no index).
     """
     wheels = workdir / "wheels"
-    download = run(
+    download = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -50,7 +38,10 @@ def build_dask_image(lab: lab_module.Lab, workdir: Path) -> str:
             str(wheels),
             f"distributed=={DASK_VERSION}",
             "bokeh",
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert download.returncode == 0, download.stderr[-2000:]
     tarball = workdir / "wheels.tar"
@@ -62,6 +53,7 @@ def build_dask_image(lab: lab_module.Lab, workdir: Path) -> str:
         builder,
         "rm -rf /tmp/wheels && mkdir /tmp/wheels && tar -C /tmp/wheels -xf -",
         stdin=tarball,
+        timeout=600,
     )
     ssh(
         lab,
@@ -74,6 +66,7 @@ def build_dask_image(lab: lab_module.Lab, workdir: Path) -> str:
         "| docker import --change 'ENV PATH=/opt/image-env/bin:/usr/bin:/bin' "
         f"- {image} >/dev/null; docker push -q {image} >/dev/null; "
         f"docker rmi {image} >/dev/null; rm -rf /opt/image-env /tmp/wheels",
+        timeout=600,
     )
     return image
 
@@ -86,13 +79,11 @@ def test_docker_runtime_converges_verifies_and_computes(
     data["all"]["vars"].update(dask_runtime="docker", dask_docker_image=image)
     inventory = tmp_path / "docker.yml"
     inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-    tool = [sys.executable, "-m", "pydask_deploy"]
-
-    applied = run([*tool, "apply", str(inventory), "--json"])
+    applied = cli("apply", str(inventory), "--json")
     assert applied.returncode == 0, applied.stderr[-3000:]
     assert json.loads(applied.stdout)["changed"] is True
 
-    verified = run([*tool, "verify", str(inventory)])
+    verified = cli("verify", str(inventory))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
     worker = docker_lab.hosts[1]
@@ -101,10 +92,9 @@ def test_docker_runtime_converges_verifies_and_computes(
     converged = load_inventory(inventory)
     address = connection.cluster_address(converged)
     assert address == f"tls://{docker_lab.hosts[0].address}:8786"
-    security = scheduler.client_security(converged)
-    with Client(address, security=security, timeout=30) as client:  # type: ignore[no-untyped-call]
+    with cluster_client(inventory) as client:
         assert client.submit(lambda x: x + 1, 41).result(timeout=30) == 42
 
-    again = run([*tool, "apply", str(inventory), "--json"])
+    again = cli("apply", str(inventory), "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["totals"]["changed"] == 0

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -18,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TEST_LAB, cli, edit_inventory, ssh
+from helpers import cli, edit_inventory, ssh
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy import insync
@@ -334,20 +334,13 @@ def test_the_record_is_written_once_and_removed_while_restarts_are_deferred(
 
 # --------------------------------------------------------------------------- on real hosts
 
-FAST_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-fast-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest8",
-    subnet=ipaddress.IPv4Network("10.248.0.0/24"),
-)
 _UNIT = "/etc/systemd/system/dask-worker.service"
 
 
 @pytest.fixture(scope="module")
-def fast_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
+def fast_lab(lab_factory: LabFactory) -> Iterator[tuple[lab_module.Lab, Path]]:
     """Two lab hosts of their own (h1 the scheduler, h2 a worker); not converged yet."""
-    inventory = tmp_path_factory.mktemp("fast") / "fast.yml"
-    with lab_module.booted_lab(2, inventory, FAST_LAB) as lab:
+    with lab_factory.boot(2) as (lab, inventory):
         yield lab, inventory
 
 

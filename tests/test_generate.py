@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from click.testing import CliRunner
+from helpers import invoke
 
 from pydask_deploy.cli import main
 from pydask_deploy.errors import InventoryError, UsageError
@@ -50,13 +50,6 @@ def _write(tmp_path: Path, text: str, name: str = "inventory.yml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["inventory", *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --------------------------------------------------------------------------- ranges
@@ -408,7 +401,7 @@ def test_write_inventory_sees_group_vars_beside_it(tmp_path: Path) -> None:
 
 def test_cli_static_prints_the_inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, stdout, stderr = _invoke(
+    code, stdout, stderr = invoke("inventory",
         "static", "node[01-16]", "--scheduler", "node01", "--user", "deploy",
         "--jump", "me@login.example.org",
     )  # fmt: skip
@@ -426,8 +419,8 @@ def test_cli_static_prints_the_inventory(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_cli_static_writes_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, stdout, stderr = _invoke(
-        "static", "node[01-16]", "--scheduler", "head", "-o", "inventory/prod.yml"
+    code, stdout, stderr = invoke(
+        "inventory", "static", "node[01-16]", "--scheduler", "head", "-o", "inventory/prod.yml"
     )
     assert code == 0, stderr
     assert stdout == ""
@@ -439,12 +432,14 @@ def test_cli_static_writes_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "#   pydask-deploy check inventory/prod.yml" in text
     assert "-o inventory/prod.yml" in text.splitlines()[1]
     # Again: refused, the file is kept; with --force it is replaced.
-    code, _, stderr = _invoke("static", "x[1-2]", "--scheduler", "x1", "-o", "inventory/prod.yml")
+    code, _, stderr = invoke(
+        "inventory", "static", "x[1-2]", "--scheduler", "x1", "-o", "inventory/prod.yml"
+    )
     assert code == 2
     assert stderr == "error: inventory/prod.yml already exists; pass --force to overwrite it\n"
     assert Path("inventory/prod.yml").read_text() == text
-    code, _, _ = _invoke(
-        "static", "x[1-2]", "--scheduler", "x1", "-o", "inventory/prod.yml", "--force"
+    code, _, _ = invoke(
+        "inventory", "static", "x[1-2]", "--scheduler", "x1", "-o", "inventory/prod.yml", "--force"
     )
     assert code == 0
     assert [w.name for w in load_inventory("inventory/prod.yml").workers] == ["x1", "x2"]
@@ -465,7 +460,7 @@ def test_cli_static_errors_exit_2_and_write_nothing(
     args: list[str], fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, stdout, stderr = _invoke("static", *args, "-o", "prod.yml")
+    code, stdout, stderr = invoke("inventory", "static", *args, "-o", "prod.yml")
     assert code == 2
     assert stdout == ""
     assert stderr.startswith("error: ")

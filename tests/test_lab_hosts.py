@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import ansible_runner
 import pytest
-from conftest import TEST_LAB
+from helpers import cli, lab_env, ssh
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.resources import path_with_ansible
 
 pytestmark = pytest.mark.lab
-
-
-def ssh(config: lab_module.LabConfig, host: str, command: str, timeout: float = 60) -> str:
-    argv = lab_module.ssh_command(config, host, [command])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{command!r} on {host}: {done.stderr}"
-    return done.stdout
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pydask_deploy", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
-def lab_env(config: lab_module.LabConfig) -> dict[str, str]:
-    return {
-        "PYDASK_LAB_DIR": str(config.state_dir),
-        "PYDASK_LAB_CACHE": str(config.cache_dir),
-        "PYDASK_LAB_BRIDGE": config.bridge,
-        "PYDASK_LAB_SUBNET": str(config.subnet),
-    }
 
 
 def test_every_host_runs_systemd(lab: lab_module.Lab) -> None:
@@ -115,18 +89,10 @@ def test_lab_up_again_is_a_no_op_and_a_new_size_is_refused(
 
 
 @pytest.fixture
-def spare_lab(tmp_path: Path) -> Iterator[lab_module.LabConfig]:
+def spare_lab(lab_factory: LabFactory) -> Iterator[lab_module.LabConfig]:
     """A second lab configuration beside the session's, cleaned up whatever happens."""
-    config = lab_module.LabConfig(
-        state_dir=tmp_path / "state",
-        cache_dir=TEST_LAB.cache_dir,
-        bridge="pdtest1",
-        subnet=ipaddress.IPv4Network("10.234.0.0/24"),
-    )
-    try:
+    with lab_factory.claim() as config:
         yield config
-    finally:
-        lab_module.lab_down(config, lambda _: None)
 
 
 def test_up_down_up_down(spare_lab: lab_module.LabConfig, tmp_path: Path) -> None:
@@ -137,12 +103,15 @@ def test_up_down_up_down(spare_lab: lab_module.LabConfig, tmp_path: Path) -> Non
         assert up.returncode == 0, up.stderr
         report = json.loads(up.stdout)
         assert [h["state"] for h in report["hosts"]] == ["running"] * 3
-        assert [h["address"] for h in report["hosts"]] == [f"10.234.0.{i}" for i in (11, 12, 13)]
+        first = spare_lab.subnet.network_address
+        assert [h["address"] for h in report["hosts"]] == [str(first + i) for i in (11, 12, 13)]
         down = cli("lab", "down", env=env)
         assert down.returncode == 0, down.stderr
         assert "3 host(s) stopped" in down.stdout
         assert not lab_module._mounts_under(spare_lab.state_dir)
-        assert subprocess.run(["ip", "link", "show", "pdtest1"], capture_output=True).returncode
+        assert subprocess.run(
+            ["ip", "link", "show", spare_lab.bridge], capture_output=True
+        ).returncode
     again = cli("lab", "down", env=env)
     assert again.returncode == 0
     assert "no lab is up" in again.stdout
@@ -166,28 +135,38 @@ def test_leftovers_of_a_crashed_lab_are_cleaned(
     assert {h.pid for h in fresh.hosts}.isdisjoint(h.pid for h in crashed.hosts)
 
 
+@dataclass(frozen=True)
+class BusySubnet:
+    """A subnet that another network (``user``) holds, and a lab of ours pointed at it."""
+
+    subnet: str
+    user: str
+    lab: lab_module.LabConfig
+
+
 @pytest.fixture
-def busy_subnet() -> Iterator[str]:
-    """A bare bridge holding an address in 10.235.0.0/24, as if another network used it."""
-    subprocess.run(["ip", "link", "add", "pdtest-busy", "type", "bridge"], check=True)
-    try:
-        subprocess.run(["ip", "addr", "add", "10.235.0.5/24", "dev", "pdtest-busy"], check=True)
-        yield "10.235.0.0/24"
-    finally:
-        subprocess.run(["ip", "link", "del", "pdtest-busy"], check=False)
+def busy_subnet(lab_factory: LabFactory) -> Iterator[BusySubnet]:
+    """A bare bridge holding an address in a subnet of its own, as if another network used it."""
+    with lab_factory.claim() as other, lab_factory.claim() as mine:
+        subprocess.run(["ip", "link", "add", other.bridge, "type", "bridge"], check=True)
+        try:
+            address = f"{other.subnet.network_address + 5}/{other.subnet.prefixlen}"
+            subprocess.run(["ip", "addr", "add", address, "dev", other.bridge], check=True)
+            yield BusySubnet(str(other.subnet), other.bridge, mine)
+        finally:
+            subprocess.run(["ip", "link", "del", other.bridge], check=False)
 
 
-def test_a_subnet_used_by_something_else_is_refused(busy_subnet: str, tmp_path: Path) -> None:
-    env = {
-        "PYDASK_LAB_DIR": str(tmp_path / "state"),
-        "PYDASK_LAB_BRIDGE": "pdtest2",
-        "PYDASK_LAB_SUBNET": busy_subnet,
-    }
+def test_a_subnet_used_by_something_else_is_refused(
+    busy_subnet: BusySubnet, tmp_path: Path
+) -> None:
+    busy = busy_subnet
+    env = {**lab_env(busy.lab), "PYDASK_LAB_SUBNET": busy.subnet}
     result = cli("lab", "up", "--hosts", "1", "-o", str(tmp_path / "i.yml"), env=env)
     assert result.returncode == 2
-    assert f"the lab subnet {busy_subnet} is already used by pdtest-busy" in result.stderr
+    assert f"the lab subnet {busy.subnet} is already used by {busy.user}" in result.stderr
     assert not (tmp_path / "i.yml").exists()
-    assert subprocess.run(["ip", "link", "show", "pdtest2"], capture_output=True).returncode
+    assert subprocess.run(["ip", "link", "show", busy.lab.bridge], capture_output=True).returncode
 
 
 def test_docker_hosts_run_containers_from_the_lab_registry(docker_lab: lab_module.Lab) -> None:

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
-from conftest import Cluster, cli, ssh
+from helpers import Cluster, cli, ssh, with_unreachable_host
 
 from pydask_deploy.cli import main
 from pydask_deploy.errors import UsageError
@@ -198,12 +197,8 @@ def test_follow_shows_a_worker_registering_as_it_happens(cluster: Cluster) -> No
 
 @pytest.mark.lab
 def test_an_unreachable_host_is_named_on_stderr(cluster: Cluster, tmp_path: Path) -> None:
-    data = yaml.safe_load(cluster.inventory.read_text())
     unused = str(cluster.lab.config.subnet.network_address + 201)  # no lab host there
-    data["all"]["children"]["dask_workers"]["hosts"]["ghost"] = {"ansible_host": unused}
-    data["all"]["vars"]["ansible_ssh_common_args"] += " -o ConnectTimeout=3"
-    inventory = tmp_path / "ghost.yml"
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    inventory = with_unreachable_host(cluster.inventory, tmp_path / "ghost.yml", unused)
     result = cli("logs", str(inventory), "-n", "20", timeout=60)
     assert result.returncode == 1
     assert "ghost: unreachable (" in result.stderr and "Traceback" not in result.stderr

@@ -4,7 +4,6 @@ deploy user with sudo, and hosts that accept SSH only from a jump host (login no
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
@@ -14,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TEST_LAB, cli, ssh
 from distributed import Client
+from helpers import cli, ssh
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.cli import main
@@ -105,12 +105,6 @@ def test_bootstrap_without_a_key_exits_2_before_asking(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- in the lab
 
-REACH_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-reach-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest7",
-    subnet=ipaddress.IPv4Network("10.247.0.0/24"),
-)
 PASSWORD = "lab-password-7"
 _DEPLOY_USER = (
     "id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy; "
@@ -133,7 +127,9 @@ class ReachLab:
 
 
 @pytest.fixture(scope="module")
-def reach_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReachLab]:
+def reach_lab(
+    lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ReachLab]:
     """Three hosts whose `deploy` user (passwordless sudo) accepts only a password so far."""
     directory = tmp_path_factory.mktemp("reach")
     key = directory / "deploy_key"
@@ -141,7 +137,7 @@ def reach_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReachLab]:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(key)],
         check=True,
     )
-    with lab_module.booted_lab(3, directory / "lab.yml", REACH_LAB) as lab:
+    with lab_factory.boot(3, inventory=directory / "lab.yml") as (lab, _):
         for host in lab.hosts:
             ssh(lab, host.name, _DEPLOY_USER)
         yield ReachLab(lab, key, directory)
@@ -248,7 +244,7 @@ def _jump_inventory(reach: ReachLab) -> Path:
         {"h2": None, "h3": None},
         remote.jump_ssh_args(bastion, str(reach.key), check_host_keys=False),
         ansible_python_interpreter="/usr/bin/python3",
-        dask_wheelhouse=str(REACH_LAB.wheelhouse),
+        dask_wheelhouse=str(reach.lab.config.wheelhouse),
     )
 
 
@@ -263,7 +259,7 @@ def test_a_sudo_user_deploys_through_a_jump_host(reach_lab: ReachLab) -> None:
     bastion = reach.address("h1")
     # deploy (the tool's user) only from the login node; the lab's root channel stays open
     # for this test's own checks
-    allow = f"AllowUsers *@{bastion} root@{REACH_LAB.gateway}"
+    allow = f"AllowUsers *@{bastion} root@{reach.lab.config.gateway}"
     for name in ("h2", "h3"):
         ssh(reach.lab, name, f"echo '{allow}' > /etc/ssh/sshd_config.d/05-jump.conf")
         ssh(reach.lab, name, "systemctl reload ssh")

@@ -20,9 +20,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
-from click.testing import CliRunner
+from helpers import invoke
 
-from pydask_deploy.cli import main
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
 from pydask_deploy.inventory.generate.render import render
@@ -248,15 +247,8 @@ def sinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSinfo:
     return fake
 
 
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["inventory", "slurm", *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_cli_slurm_prints_the_inventory(sinfo: FakeSinfo, tmp_path: Path) -> None:
-    code, stdout, stderr = _invoke("--partition", "gpu", "--user", "me")
+    code, stdout, stderr = invoke("inventory", "slurm", "--partition", "gpu", "--user", "me")
     assert code == 0, stderr
     assert stderr == f"warning: {GPU_LEFT_OUT}\n"
     assert sinfo.calls() == [" ".join(sinfo_argv("gpu")[1:])]
@@ -279,7 +271,9 @@ def test_cli_slurm_prints_the_inventory(sinfo: FakeSinfo, tmp_path: Path) -> Non
 
 
 def test_cli_slurm_writes_a_file(sinfo: FakeSinfo, tmp_path: Path) -> None:
-    code, stdout, stderr = _invoke("-p", "cpu", "--scheduler", "cn003", "-o", "inv/cpu.yml")
+    code, stdout, stderr = invoke(
+        "inventory", "slurm", "-p", "cpu", "--scheduler", "cn003", "-o", "inv/cpu.yml"
+    )
     assert code == 0, stderr
     assert stdout == ""
     assert (
@@ -290,7 +284,7 @@ def test_cli_slurm_writes_a_file(sinfo: FakeSinfo, tmp_path: Path) -> None:
     assert inventory.scheduler.name == "cn003"
     assert [w.name for w in inventory.workers] == ["cn001", "cn002", "cn003", "cn004"]
     assert all("dask_worker_resources" not in w.vars for w in inventory.workers)
-    code, _, stderr = _invoke("-p", "cpu", "-o", "inv/cpu.yml")
+    code, _, stderr = invoke("inventory", "slurm", "-p", "cpu", "-o", "inv/cpu.yml")
     assert code == 2
     assert stderr == "error: inv/cpu.yml already exists; pass --force to overwrite it\n"
     assert len(sinfo.calls()) == 1  # refused before asking Slurm
@@ -320,7 +314,7 @@ def test_cli_slurm_writes_a_file(sinfo: FakeSinfo, tmp_path: Path) -> None:
 def test_cli_slurm_errors_exit_2_and_write_nothing(
     sinfo: FakeSinfo, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    code, stdout, stderr = _invoke(*args, "-o", "out.yml")
+    code, stdout, stderr = invoke("inventory", "slurm", *args, "-o", "out.yml")
     assert code == 2
     assert stdout == ""
     assert stderr.startswith(message)
@@ -331,7 +325,7 @@ def test_cli_slurm_controller_down(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fake = _write_sinfo(tmp_path / "bin", controller_down=True)
     monkeypatch.setenv("PATH", f"{fake.bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
-    code, stdout, stderr = _invoke("--partition", "gpu", "-o", "out.yml")
+    code, stdout, stderr = invoke("inventory", "slurm", "--partition", "gpu", "-o", "out.yml")
     assert code == 2
     assert stdout == ""
     assert stderr == (
@@ -345,7 +339,7 @@ def test_cli_slurm_without_sinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.chdir(tmp_path)
-    code, _, stderr = _invoke("--partition", "gpu", "-o", "out.yml")
+    code, _, stderr = invoke("inventory", "slurm", "--partition", "gpu", "-o", "out.yml")
     assert code == 2
     assert stderr.startswith("error: sinfo is not installed here (not on PATH); run this on a")
     assert "--login HOST" in stderr
@@ -450,7 +444,7 @@ def login_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Logi
 
 def test_cli_slurm_runs_sinfo_on_the_login_host(login_host: LoginHost, tmp_path: Path) -> None:
     spec = f"127.0.0.1:{login_host.port}"
-    code, _, stderr = _invoke(
+    code, _, stderr = invoke("inventory", "slurm",
         "--partition", "gpu", "--login", spec, "--user", "me", "--key", str(login_host.key),
         "-o", "gpu.yml",
     )  # fmt: skip
@@ -466,8 +460,17 @@ def test_cli_slurm_runs_sinfo_on_the_login_host(login_host: LoginHost, tmp_path:
     )
     assert inventory.scheduler.vars["ansible_ssh_private_key_file"] == str(login_host.key)
     # --jump none: the nodes are reached directly.
-    code, _, stderr = _invoke(
-        "-p", "gpu", "--login", spec, "--key", str(login_host.key), "--jump", "none"
+    code, _, stderr = invoke(
+        "inventory",
+        "slurm",
+        "-p",
+        "gpu",
+        "--login",
+        spec,
+        "--key",
+        str(login_host.key),
+        "--jump",
+        "none",
     )
     assert code == 0, stderr
 
@@ -475,7 +478,9 @@ def test_cli_slurm_runs_sinfo_on_the_login_host(login_host: LoginHost, tmp_path:
 def test_cli_slurm_login_without_sinfo(login_host: LoginHost, tmp_path: Path) -> None:
     login_host.remote_path[:] = [os.defpath]
     spec = f"127.0.0.1:{login_host.port}"
-    code, _, stderr = _invoke("-p", "gpu", "--login", spec, "--key", str(login_host.key))
+    code, _, stderr = invoke(
+        "inventory", "slurm", "-p", "gpu", "--login", spec, "--key", str(login_host.key)
+    )
     assert code == 2
     assert stderr.startswith(
         f"error: sinfo is not on the PATH of non-interactive SSH commands on {spec}"
@@ -485,7 +490,9 @@ def test_cli_slurm_login_without_sinfo(login_host: LoginHost, tmp_path: Path) ->
 def test_cli_slurm_login_unknown_host_key(login_host: LoginHost, tmp_path: Path) -> None:
     (Path(os.environ["HOME"]) / ".ssh" / "known_hosts").write_text("")
     spec = f"127.0.0.1:{login_host.port}"
-    code, _, stderr = _invoke("-p", "gpu", "--login", spec, "--key", str(login_host.key))
+    code, _, stderr = invoke(
+        "inventory", "slurm", "-p", "gpu", "--login", spec, "--key", str(login_host.key)
+    )
     assert code == 2
     assert stderr.startswith(f"error: cannot reach the login host {spec}: host key not verifiable")
     assert stderr.endswith(
@@ -496,7 +503,9 @@ def test_cli_slurm_login_unknown_host_key(login_host: LoginHost, tmp_path: Path)
 def test_cli_slurm_login_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # Nothing listens on port 1 of the loopback address: the connection is refused at once.
-    code, stdout, stderr = _invoke("-p", "gpu", "--login", "127.0.0.1:1", "-o", "gpu.yml")
+    code, stdout, stderr = invoke(
+        "inventory", "slurm", "-p", "gpu", "--login", "127.0.0.1:1", "-o", "gpu.yml"
+    )
     assert code == 2
     assert stdout == ""
     assert stderr == "error: cannot reach the login host 127.0.0.1:1: connection refused\n"

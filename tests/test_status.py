@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import Cluster, cli, ssh
+from helpers import Cluster, cli, ssh, with_unreachable_host
 
 from pydask_deploy.cli import main, render
 from pydask_deploy.inventory import Host, Inventory, load_inventory
@@ -392,12 +392,8 @@ def test_status_names_a_host_whose_worker_is_stopped(cluster: Cluster) -> None:
 
 @pytest.mark.lab
 def test_an_unreachable_host_is_a_row_not_a_traceback(cluster: Cluster, tmp_path: Path) -> None:
-    data = yaml.safe_load(cluster.inventory.read_text())
     unused = str(cluster.lab.config.subnet.network_address + 200)  # no lab host there
-    data["all"]["children"]["dask_workers"]["hosts"]["ghost"] = {"ansible_host": unused}
-    data["all"]["vars"]["ansible_ssh_common_args"] += " -o ConnectTimeout=3"
-    inventory = tmp_path / "ghost.yml"
-    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    inventory = with_unreachable_host(cluster.inventory, tmp_path / "ghost.yml", unused)
     # the client certificate lives beside an inventory (<stem>-pki): this one shares the cluster's
     pki = cluster.inventory.parent / f"{cluster.inventory.stem}-pki"
     if pki.is_dir():

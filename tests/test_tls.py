@@ -9,8 +9,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, cli, edit_inventory, ssh, wait_for_workers
 from distributed import Client, Security
+from helpers import Cluster, cli, edit_inventory, ssh, wait_for_workers
 
 from pydask_deploy.deploy import pki
 from pydask_deploy.inventory import load_inventory

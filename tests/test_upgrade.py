@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shutil
 import threading
@@ -14,14 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TEST_LAB, cli, ssh
 from distributed import Client, wait
+from helpers import cli, cluster_client, ssh, wait_for_workers
+from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
 from pydask_deploy.deploy.upgrade import batch_size, needs_restart, plan_batches
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
-from pydask_deploy.observe import connection, scheduler
 
 # --------------------------------------------------------------------------- batches
 
@@ -120,13 +119,6 @@ def test_cli_bad_set_exits_2_and_leaves_the_file(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- on real hosts
 
-UPGRADE_LAB = lab_module.LabConfig(
-    state_dir=Path("/var/lib/pydask-deploy/test-upgrade-lab"),
-    cache_dir=TEST_LAB.cache_dir,
-    bridge="pdtest5",
-    subnet=ipaddress.IPv4Network("10.245.0.0/24"),
-)
-
 
 @dataclass(frozen=True)
 class UpgradeLab:
@@ -138,19 +130,13 @@ class UpgradeLab:
         return list(self.lab.hosts[1:])
 
     def client(self, inventory: Path | None = None) -> Client:
-        loaded = load_inventory(inventory or self.inventory)
-        return Client(  # type: ignore[no-untyped-call]
-            connection.cluster_address(loaded),
-            security=scheduler.client_security(loaded),
-            timeout=30,
-        )
+        return cluster_client(inventory or self.inventory)
 
 
 @pytest.fixture(scope="module")
-def upgrade_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpgradeLab]:
+def upgrade_lab(lab_factory: LabFactory) -> Iterator[UpgradeLab]:
     """Four lab hosts of their own (a scheduler and three workers), converged by one apply."""
-    inventory = tmp_path_factory.mktemp("upgrade") / "upgrade.yml"
-    with lab_module.booted_lab(4, inventory, UPGRADE_LAB) as lab:
+    with lab_factory.boot(4) as (lab, inventory):
         applied = cli("apply", str(inventory))
         assert applied.returncode == 0, applied.stderr[-3000:]
         yield UpgradeLab(lab, inventory)
@@ -163,13 +149,6 @@ def _copy(inventory: Path, directory: Path) -> Path:
     pki = inventory.with_name(f"{inventory.stem}-pki")
     shutil.copytree(pki, directory / pki.name)
     return target
-
-
-def _wait_for_workers(client: Client, count: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.scheduler_info()["workers"]) != count:
-        assert time.monotonic() < deadline, f"{count} workers not registered in {timeout} s"
-        time.sleep(0.25)
 
 
 def _prefixes(client: Client) -> dict[str, str]:
@@ -239,7 +218,7 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
     inventory = upgrade_lab.inventory
     workers = upgrade_lab.workers
     with upgrade_lab.client() as client:
-        _wait_for_workers(client, len(workers))
+        wait_for_workers(client, len(workers), timeout=90)
         before = _prefixes(client)
         assert len(set(before.values())) == 1
         data = client.scatter(list(range(300)))
@@ -325,7 +304,7 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         for worker in workers:
             ssh(upgrade_lab.lab, worker.name, "systemctl restart dask-worker")
             time.sleep(0.5)
-            _wait_for_workers(client, len(workers))
+            wait_for_workers(client, len(workers), timeout=90)
         time.sleep(2)
         # the scheduler forgets data it cannot recompute: those futures are no longer finished
         lost = [f for f in plain_futures if f.status != "finished"]
@@ -349,7 +328,7 @@ def test_a_staging_failure_retires_nothing_and_every_worker_keeps_serving(
     first = upgrade_lab.workers[0]
     unit_before = ssh(upgrade_lab.lab, first.name, "systemctl cat dask-worker")
     with upgrade_lab.client(inventory) as client:
-        _wait_for_workers(client, len(upgrade_lab.workers))
+        wait_for_workers(client, len(upgrade_lab.workers), timeout=90)
         before = _prefixes(client)
         result = cli(
             "upgrade", str(inventory), "--batch", "1", "--json",
@@ -414,7 +393,7 @@ def test_restart_scheduler_moves_the_whole_cluster_to_another_release(
     versions = {u["distributed"] for h in status["hosts"] for u in h["units"]}
     assert versions == {OTHER_VERSION}
     with upgrade_lab.client(inventory) as client:
-        _wait_for_workers(client, len(upgrade_lab.workers))
+        wait_for_workers(client, len(upgrade_lab.workers), timeout=90)
         reported = client.get_versions(check=False)
         assert reported["scheduler"]["packages"]["distributed"] == OTHER_VERSION
         assert client.submit(lambda: 6 * 7).result(timeout=60) == 42

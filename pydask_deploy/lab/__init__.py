@@ -36,7 +36,13 @@ from pydask_deploy.lab.config import (
 )
 from pydask_deploy.lab.hosts import clean_state, prepare_host, start_host, stop_hosts
 from pydask_deploy.lab.inventory import inventory_data, inventory_spec, write_inventory
-from pydask_deploy.lab.network import bridge_down, bridge_exists, bridge_up, check_subnet_free
+from pydask_deploy.lab.network import (
+    bridge_down,
+    bridge_exists,
+    bridge_up,
+    check_subnet_free,
+    interfaces_on,
+)
 from pydask_deploy.lab.record import host_marker, read_lab, running_hosts, write_record
 from pydask_deploy.lab.rootfs import (
     DOCKER_LAYER_PACKAGES,
@@ -68,6 +74,7 @@ __all__ = [
     "ensure_docker_layer",
     "ensure_key",
     "ensure_rootfs",
+    "interfaces_on",
     "inventory_data",
     "inventory_spec",
     "lab_down",

@@ -15,7 +15,7 @@ from pydask_deploy.lab.config import LabConfig
 from pydask_deploy.lab.system import run
 
 
-def _interfaces_on(subnet: ipaddress.IPv4Network) -> list[str]:
+def interfaces_on(subnet: ipaddress.IPv4Network) -> list[str]:
     """Names of interfaces with an address or a route inside ``subnet``."""
     users: list[str] = []
     addrs = json.loads(run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
@@ -36,7 +36,7 @@ def _interfaces_on(subnet: ipaddress.IPv4Network) -> list[str]:
 
 def check_subnet_free(config: LabConfig) -> None:
     """Raise ``LabUsageError`` if something other than our bridge uses the lab subnet."""
-    others = [name for name in _interfaces_on(config.subnet) if name != config.bridge]
+    others = [name for name in interfaces_on(config.subnet) if name != config.bridge]
     if others:
         raise LabUsageError(
             f"the lab subnet {config.subnet} is already used by {', '.join(others)}; "
