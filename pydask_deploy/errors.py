@@ -27,6 +27,11 @@ class CaMismatchError(UsageError):
     existing client out. Exit 2, nothing changed."""
 
 
+class PythonMismatchError(UsageError):
+    """The hosts' Pythons differ in their minor version, which pickled functions do not
+    survive. Exit 2, nothing changed."""
+
+
 class LabError(DeployError):
     """The local lab could not be brought up or down."""
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from pydask_deploy.cli.common import reports_errors
-from pydask_deploy.cli.render import status_frame
+from pydask_deploy.cli.render import status_frame, warn
 from pydask_deploy.inventory import load_inventory
 
 
@@ -33,9 +33,14 @@ def verify_command(inventory_file: str, as_json: bool) -> None:
         for c in report.checks:
             mark = click.style("PASS", fg="green") if c.passed else click.style("FAIL", fg="red")
             click.echo(f"{mark}  {c.host:<16} {c.name:<42} {c.detail}")
+        if report.versions:
+            shown = ", ".join(f"{name} {v}" for name, v in report.versions.items())
+            click.echo(f"the cluster runs {shown}")
         failed = sum(not c.passed for c in report.checks)
         summary = f"{len(report.checks) - failed} passed, {failed} failed"
         click.secho(summary, fg="green" if not failed else "red", bold=True)
+    for warning in report.warnings:
+        warn(warning)
     if not report.passed:
         sys.exit(1)
 

@@ -20,7 +20,7 @@ from pydask_deploy.deploy import pki as pki_module
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply
 from pydask_deploy.deploy.run import HostResult, OnProgress, RunResult, run_playbook
-from pydask_deploy.errors import CaMismatchError
+from pydask_deploy.errors import CaMismatchError, PythonMismatchError
 from pydask_deploy.inventory import Inventory
 from pydask_deploy.observe import connection, remote
 
@@ -63,6 +63,30 @@ def check_ca(inventory: Inventory, outputs: Mapping[str, remote.HostResult]) -> 
         "cluster's CA (beside the inventory it was applied with, `<stem>-pki`), or re-key the "
         f"cluster on purpose with `pydask-deploy apply {inventory.path} --new-ca`. Nothing "
         "was changed."
+    )
+
+
+def check_python(inventory: Inventory, outputs: Mapping[str, remote.HostResult]) -> None:
+    """Refuse a venv cluster whose hosts' Pythons differ in their minor version (Debian 12's
+    3.11 beside Debian 13's 3.13): a venv runs the host's own Python, and functions a client
+    pickles do not load under another minor version. Raises ``PythonMismatchError`` (exit 2)
+    before anything changes, naming the hosts, their versions and the ways on."""
+    found: dict[str, list[str]] = {}
+    for name, result in outputs.items():
+        if isinstance(result, remote.CommandResult) and (
+            version := insync.python_in(result.stdout)
+        ):
+            found.setdefault(version, []).append(name)
+    minors = {".".join(v.split(".")[:2]) for v in found}
+    if len(minors) < 2:
+        return
+    shown = "; ".join(f"{', '.join(names)}: Python {v}" for v, names in sorted(found.items()))
+    raise PythonMismatchError(
+        f"{inventory.path}: the venv runtime runs each host's own Python, and these differ in "
+        f"their minor version ({shown}); functions a client pickles do not load under another "
+        "minor version. Point `dask_venv_python` (per host or group) at interpreters of one "
+        "minor version, or use a runtime that brings its own Python (`dask_runtime: conda` "
+        "or `docker`). Nothing was changed."
     )
 
 
@@ -218,8 +242,9 @@ def apply_cluster(
     another CA unless ``new_ca`` says the re-key is meant (``check_ca``)."""
     started = time.monotonic()
     chosen = limit_hosts(inventory, limit) if limit else tuple(h.name for h in inventory.hosts)
-    hosts = [inventory.host(n) for n in chosen]
-    read = insync.read_hosts(inventory, hosts, with_state=not full) if hosts else ({}, 0.0)
+    # every host, also outside --limit: the CA and the Python must agree cluster-wide
+    read = insync.read_hosts(inventory, inventory.hosts, with_state=not full)
+    check_python(inventory, read[0])
     if not new_ca:
         check_ca(inventory, read[0])
     pki, warnings = prepare_tls(inventory, check=check)

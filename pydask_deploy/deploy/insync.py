@@ -306,11 +306,17 @@ def record_extravars(checks: Mapping[str, HostCheck]) -> dict[str, object]:
 # --------------------------------------------------------------------------- the probe
 
 
-def read_command(ca_file: str, check: HostCheck | None = None) -> str:
+_PYTHON_VERSION = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
+
+
+def read_command(ca_file: str, check: HostCheck | None = None, python: str | None = None) -> str:
     """The one shell command apply runs on a host before anything else: the cluster CA
-    certificate the host carries (``@@ca``) and, given the host's check, its in-sync record
-    and its state now."""
+    certificate the host carries (``@@ca``), the version of the ``python`` a venv runtime
+    would be made with (``@@python``) and, given the host's check, its in-sync record and
+    its state now."""
     script = f"echo @@ca\ncat {shlex.quote(ca_file)} 2>/dev/null\n"
+    if python:
+        script += f"echo @@python\n{shlex.quote(python)} -c {shlex.quote(_PYTHON_VERSION)} 2>&1\n"
     if check is not None and check.eligible:
         script += (
             f"echo @@record\ncat {shlex.quote(check.record)} 2>/dev/null\necho @@state\n"
@@ -336,15 +342,36 @@ def ca_in(stdout: str) -> bytes | None:
     return text.encode() + b"\n" if "BEGIN CERTIFICATE" in text else None
 
 
+def python_in(stdout: str) -> str | None:
+    """The ``X.Y.Z`` version a host printed in its ``@@python`` section, or None."""
+    lines = cluster.sections(stdout).get("python", [])
+    found = re.fullmatch(r"\d+\.\d+\.\d+", lines[0].strip()) if lines else None
+    return found.group(0) if found else None
+
+
+def venv_python(inventory: Inventory, host: Host) -> str | None:
+    """The interpreter a venv runtime is made with on ``host`` (``dask_venv_python``); None
+    for another runtime, or a value only Ansible can compute."""
+    variables = inventory.dask_vars(host)
+    python = variables.get("dask_venv_python")
+    if variables.get("dask_runtime") != "venv" or not isinstance(python, str) or _templated(python):
+        return None
+    return python
+
+
 def read_hosts(
     inventory: Inventory, hosts: Sequence[Host], *, with_state: bool
 ) -> tuple[dict[str, remote.HostResult], float]:
-    """One SSH round to ``hosts`` (``read_command``): each host's CA and, ``with_state``,
-    what the in-sync check needs. Returns each host's output and the round's seconds."""
+    """One SSH round to ``hosts`` (``read_command``): each host's CA, its venv Python's
+    version and, ``with_state``, what the in-sync check needs. Returns each host's output
+    and the round's seconds."""
     started = time.monotonic()
     checks = host_checks(inventory, None, hosts) if with_state else {}
     targets = {h.name: remote.ssh_target(h, CONNECT_TIMEOUT) for h in hosts}
-    commands = {h.name: read_command(ca_file(inventory, h), checks.get(h.name)) for h in hosts}
+    commands = {
+        h.name: read_command(ca_file(inventory, h), checks.get(h.name), venv_python(inventory, h))
+        for h in hosts
+    }
     results = asyncio.run(remote.run_on_hosts(targets, commands, COMMAND_TIMEOUT))
     return results, time.monotonic() - started
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydask_deploy import contract
 from pydask_deploy.deploy import insync
-from pydask_deploy.deploy.apply import check_ca, prepare_tls
+from pydask_deploy.deploy.apply import check_ca, check_python, prepare_tls
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply, plan_restart
 from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, interrupted, run_playbook
@@ -576,7 +576,8 @@ def _start(
             + ("; the inventory was not changed" if edit else "")
         )
     outputs, _ = insync.read_hosts(inventory, inventory.hosts, with_state=False)
-    check_ca(inventory, outputs)  # before anything changes, the inventory file included
+    check_python(inventory, outputs)  # before anything changes, the inventory file included
+    check_ca(inventory, outputs)
     if edit is not None:
         edit.write()
         note = "" if edit.kept_comments else " (rewritten through PyYAML: comments dropped)"

@@ -178,7 +178,7 @@ def dashboard_in(stdout: str) -> tuple[dict[str, Any] | None, str]:
     return parsed, ""
 
 
-def _client_packages() -> dict[str, str]:
+def client_packages() -> dict[str, str]:
     """The packages of this machine, as a client would report them (nothing imported)."""
     found = {"python": platform.python_version()}
     for name in VERSION_PACKAGES:
@@ -199,7 +199,7 @@ def versions_from_hosts(
     return {
         "scheduler": {"packages": dict(scheduler)},
         "workers": {address: {"packages": dict(p)} for address, p in workers.items() if p},
-        "client": {"packages": _client_packages()},
+        "client": {"packages": client_packages()},
     }
 
 

@@ -15,9 +15,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import testinfra
@@ -25,7 +25,12 @@ import testinfra
 from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import connection, remote
-from pydask_deploy.observe.cluster import ClusterReading, expected_workers, read_cluster
+from pydask_deploy.observe.cluster import (
+    ClusterReading,
+    client_packages,
+    expected_workers,
+    read_cluster,
+)
 
 # Seconds a host's ssh connection outlives its last command (closed at the end anyway).
 CONTROL_PERSIST = 30
@@ -43,7 +48,12 @@ class Check:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """Every check, the versions the cluster runs (the scheduler's Python, distributed and
+    dask) and warnings that do not fail it (this machine's client runs other versions)."""
+
     checks: tuple[Check, ...]
+    versions: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -56,7 +66,35 @@ class VerifyReport:
                 {"host": c.host, "check": c.name, "passed": c.passed, "detail": c.detail}
                 for c in self.checks
             ],
+            "versions": dict(self.versions),
+            "warnings": list(self.warnings),
         }
+
+
+# What a client must share with the cluster: Python's minor version (pickled functions),
+# distributed and dask.
+CLIENT_PACKAGES = ("python", "distributed", "dask")
+
+
+def client_warnings(cluster_versions: Mapping[str, str], here: Mapping[str, str]) -> list[str]:
+    """What this machine's client runs differently from the cluster, one warning each."""
+    found = []
+    for package in CLIENT_PACKAGES:
+        theirs, ours = cluster_versions.get(package), here.get(package)
+        if not theirs or not ours:
+            continue
+        if package == "python":
+            theirs, ours = (".".join(v.split(".")[:2]) for v in (theirs, ours))
+        if theirs != ours:
+            found.append(
+                f"this machine's client runs {package} {ours}, the cluster {theirs}: "
+                + (
+                    "functions it pickles may not load on the workers"
+                    if package == "python"
+                    else "clients, scheduler and workers must run the same version"
+                )
+            )
+    return found
 
 
 def _testinfra_host(host: Host, control_dir: str) -> Any:
@@ -203,4 +241,9 @@ def verify_cluster(inventory: Inventory) -> VerifyReport:
             checks += _registration_checks(inventory, reading.result())
         finally:
             list(pool.map(lambda h: _close_connections([h], control_dir), hosts))
-    return VerifyReport(tuple(checks))
+    packages = (reading.result().scheduler.versions.get("scheduler") or {}).get("packages") or {}
+    versions = {p: str(packages[p]) for p in CLIENT_PACKAGES if packages.get(p)}
+    if "python" in versions:  # distributed says 3.11.2.final.0
+        versions["python"] = ".".join(versions["python"].split(".")[:3])
+    warnings = client_warnings(versions, client_packages())
+    return VerifyReport(tuple(checks), versions, tuple(warnings))
