@@ -331,7 +331,7 @@ def probe_command(check: HostCheck) -> str:
 
 
 def ca_file(inventory: Inventory, host: Host) -> str:
-    """Where the host keeps the cluster CA's certificate (the roles' ``__dask_tls_dir``)."""
+    """Where the host keeps the cluster CA's certificate (the role's ``__dask_tls_dir``)."""
     config = str(inventory.dask_vars(host).get("dask_config_dir", "/etc/dask")).rstrip("/")
     return f"{config}/{contract.TLS_DIR}/{contract.CA_CERT}"
 
