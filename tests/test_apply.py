@@ -80,7 +80,7 @@ def test_second_apply_changes_nothing(cluster: Cluster) -> None:
     assert full.returncode == 0, full.stderr[-3000:]
     report = json.loads(full.stdout)
     assert report["ansible_started"] is True and report["in_sync_hosts"] == []
-    assert {n: (c["changed"], c["ok"] > 20) for n, c in report["hosts"].items()} == {
+    assert {n: (c["changed"], c["ok"] > 0) for n, c in report["hosts"].items()} == {
         h.name: (0, True) for h in cluster.lab.hosts
     }
 
