@@ -290,6 +290,25 @@ def test_known_variables_include_role_defaults() -> None:
         ("dask_user", "Dask User", False),
         ("dask_tls", False, True),
         ("dask_tls", "false", False),
+        ("dask_worker_read_write_paths", [], True),
+        ("dask_worker_read_write_paths", ["/srv/out", "/home/alice/results/"], True),
+        ("dask_worker_read_write_paths", "/srv/out", False),  # a list, even of one
+        ("dask_worker_read_write_paths", ["/"], False),
+        ("dask_worker_read_write_paths", ["/srv/../etc"], False),
+        ("dask_worker_read_write_paths", ["/usr"], False),
+        ("dask_worker_read_write_paths", ["/devices"], True),  # not /dev
+        ("dask_worker_read_write_paths", ["/srv/my data"], False),
+        ("dask_worker_read_only_paths", ["/scratch/{{ inventory_hostname }}"], False),
+        ("dask_worker_read_only_paths", [None], False),
+        ("dask_worker_protect_home", "read-only", True),
+        ("dask_worker_protect_home", True, True),  # YAML's unquoted yes
+        ("dask_worker_protect_home", False, True),
+        ("dask_worker_protect_home", "tmpfs", True),
+        ("dask_worker_protect_home", "strict", False),
+        ("dask_worker_gpus", 0, True),
+        ("dask_worker_gpus", 8, True),
+        ("dask_worker_gpus", -1, False),
+        ("dask_worker_gpus", True, False),
     ],
 )
 def test_value_checks(key: str, value: object, ok: bool) -> None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -33,11 +34,15 @@ from pydask_deploy.inventory import cache as inventory_cache
 from pydask_deploy.inventory.model import Host, Inventory
 from pydask_deploy.inventory.variables import (
     ANSIBLE_TYPES,
+    HOME_PATHS,
     MAGIC_VARS,
     VAR_TYPES,
     Vault,
     is_int,
     known_variables,
+    normal_path,
+    path_under,
+    protect_home,
     role_defaults,
     templated,
 )
@@ -518,8 +523,78 @@ def _check_cluster(
             f"{_hosts_phrase(no_image)}: `dask_runtime` is 'docker' but `dask_docker_image` "
             "is not set",
         )
+    # one problem a line, with every host it concerns (an all.vars setting concerns them all)
+    by_problem: dict[str, list[str]] = {}
+    for name in worker_names:
+        for problem in _worker_problems(hosts[name], functools.partial(setting, name)):
+            by_problem.setdefault(problem, []).append(name)
+    for problem, names in by_problem.items():
+        problems.add(shown, f"{_hosts_phrase(names)}: {problem}")
     scheduler = hosts[schedulers[0]] if schedulers else None
     return scheduler, tuple(hosts[name] for name in worker_names)
+
+
+_PATH_LISTS = ("dask_worker_read_write_paths", "dask_worker_read_only_paths")
+
+
+def _worker_problems(host: Host, setting: Callable[[str], object]) -> list[str]:
+    """What a worker host's resolved settings say that cannot work together: data paths over
+    the tool's own directories, in both lists, or under home directories the unit hides;
+    GPUs beside ``dask_worker_nworkers`` or a GPU resource."""
+    found: list[str] = []
+    declared: dict[str, tuple[str, str]] = {}  # normalised path -> (variable, as written)
+    for key in _PATH_LISTS:
+        value = setting(key)
+        if not isinstance(value, list):
+            continue  # a template, or a type error already reported
+        for item in value:
+            if isinstance(item, str) and item.startswith("/"):
+                path = normal_path(item)
+                if path in declared and declared[path][0] != key:
+                    found.append(
+                        f"{item!r} is in both `{declared[path][0]}` and `{key}`; list it in one"
+                    )
+                declared.setdefault(path, (key, item))
+    own = {key: setting(key) for key in ("dask_base_dir", "dask_config_dir", "dask_data_dir")}
+    local = setting("dask_worker_local_directory")
+    own["dask_worker_local_directory"] = local or None
+    for path, (key, item) in declared.items():
+        for own_key, own_value in own.items():
+            if not isinstance(own_value, str) or templated(own_value) or not own_value:
+                continue
+            mine = normal_path(own_value)
+            if path_under(path, mine) or path_under(mine, path):
+                found.append(
+                    f"`{key}` has {item!r}, which overlaps `{own_key}` ({own_value}); the "
+                    "role gives the workers what they need there: leave it out"
+                )
+    hidden = setting("dask_worker_protect_home")
+    if protect_home(hidden) in ("yes", "tmpfs"):
+        for path, (key, item) in declared.items():
+            home = next((h for h in HOME_PATHS if path_under(path, h)), None)
+            if home:
+                found.append(
+                    f"`{key}` has {item!r} under {home}, which `dask_worker_protect_home: "
+                    f"{protect_home(hidden)}` hides from the workers; set it to read-only or no"
+                )
+    gpus = host.vars.get("dask_worker_gpus")
+    if templated(gpus):
+        found.append(
+            "`dask_worker_gpus` must be a number, not a template: it names the host's units"
+        )
+    elif is_int(gpus) and gpus > 0:  # type: ignore[operator]
+        if "dask_worker_nworkers" in host.vars:
+            found.append(
+                "`dask_worker_gpus` and `dask_worker_nworkers` are both set; a GPU host runs "
+                "one worker per GPU: remove `dask_worker_nworkers` there"
+            )
+        resources = setting("dask_worker_resources")
+        if isinstance(resources, dict) and "GPU" in resources:
+            found.append(
+                "`dask_worker_gpus` and a GPU in `dask_worker_resources` are both set; each "
+                "GPU worker gets GPU=1: remove it from `dask_worker_resources`"
+            )
+    return found
 
 
 # --------------------------------------------------------------------------- entry point

@@ -8,6 +8,7 @@ loader (``load.py``) names the file, the key and the value around it. The role's
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -174,6 +175,70 @@ def _timeout(value: object) -> str | None:
     return None if ok else "must be a positive number of seconds or a duration such as '60s'"
 
 
+# Where a worker's data path may never point: the system itself, which ProtectSystem=strict
+# keeps read-only and the unit's other settings keep from the workers.
+SYSTEM_PATHS = ("/etc", "/usr", "/boot", "/proc", "/sys", "/dev")
+# What systemd's ProtectHome= covers: paths under these are home directories to the workers.
+HOME_PATHS = ("/home", "/root", "/run/user")
+_BLANK = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def path_under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (both absolute, normalised)."""
+    return path == root or root == "/" or path.startswith(root.rstrip("/") + "/")
+
+
+def normal_path(path: str) -> str:
+    """An absolute path with its doubled and trailing slashes and dot parts resolved."""
+    return posixpath.normpath(path).replace("//", "/", 1)
+
+
+def _data_path_problem(item: object) -> str | None:
+    """Why one entry of a data path list cannot be used, or None."""
+    if not isinstance(item, str) or not item.startswith("/"):
+        return f"{item!r} is not an absolute path"
+    if _JINJA.search(item):
+        return f"{item!r} is a template; write the path itself (verify checks it on the hosts)"
+    if _BLANK.search(item):
+        return f"{item!r} holds a blank or a control character"
+    path = normal_path(item)
+    if path == "/":
+        return "'/' is the whole file system"
+    for root in SYSTEM_PATHS:
+        if path_under(path, root):
+            return f"{item!r} is {'' if path == root else 'under '}{root}, the system's own"
+    return None
+
+
+def _data_paths(value: object) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of absolute paths, such as ['/srv/data']"
+    for item in value:
+        problem = _data_path_problem(item)
+        if problem:
+            return f"must be a list of absolute paths outside {', '.join(SYSTEM_PATHS)}: {problem}"
+    return None
+
+
+# systemd's ProtectHome= values; YAML reads an unquoted yes/no as a boolean.
+PROTECT_HOME = ("yes", "read-only", "tmpfs", "no")
+
+
+def protect_home(value: object) -> str:
+    """The ProtectHome= word of a ``dask_worker_protect_home`` value (a boolean as yes/no)."""
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    return str(value)
+
+
+def _protect_home(value: object) -> str | None:
+    if isinstance(value, bool) or value in PROTECT_HOME:
+        return None
+    return "must be one of yes, read-only, tmpfs or no"
+
+
 _any_string = _string
 _positive_int = _int_at_least(1, "a positive integer")
 
@@ -219,6 +284,10 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
         "dask_worker_local_directory": _absolute_path(empty_ok=True),
         "dask_worker_death_timeout": _timeout,
         "dask_worker_extra_args": _string_list,
+        "dask_worker_read_write_paths": _data_paths,
+        "dask_worker_read_only_paths": _data_paths,
+        "dask_worker_protect_home": _protect_home,
+        "dask_worker_gpus": _int_at_least(0, "a whole number of GPUs (0 for none)"),
         # TLS
         "dask_tls": _boolean,
         "dask_tls_cert_days": _positive_int,
