@@ -100,6 +100,8 @@ VARIABLES_READ = (
     "dask_dashboard_address",
     "dask_worker_nworkers",
     "dask_worker_local_directory",
+    "dask_worker_read_write_paths",
+    "dask_worker_read_only_paths",
     "dask_tls",
     "dask_tls_cert_days",
     "dask_tls_renew_days",

@@ -1,10 +1,12 @@
-"""verify's versions line and its warnings about this machine's client
-(pydask_deploy/observe/verify.py); the checks themselves run against lab hosts in
-test_apply.py, test_tls.py and test_reach.py."""
+"""verify's versions line, its warnings about this machine's client and how it reads the
+data path checks (pydask_deploy/observe/verify.py); the checks themselves run against lab
+hosts in test_apply.py, test_tls.py, test_reach.py and test_users.py."""
 
 from __future__ import annotations
 
-from pydask_deploy.observe.verify import client_warnings
+import subprocess
+
+from pydask_deploy.observe.verify import client_warnings, path_checks, paths_script
 
 CLUSTER = {"python": "3.11.2", "distributed": "2026.8.0", "dask": "2026.8.0"}
 
@@ -23,3 +25,62 @@ def test_a_client_on_other_versions_is_warned_once_per_package() -> None:
         "scheduler and workers must run the same version",
     ]
     assert client_warnings({}, here) == []  # nothing known of the cluster: nothing to say
+
+
+_PATHS = (
+    ("dask_worker_read_write_paths", "rw", "/srv/out"),
+    ("dask_worker_read_write_paths", "rw", "/srv/gone"),
+    ("dask_worker_read_only_paths", "ro", "/srv/data"),
+    ("dask_worker_read_only_paths", "ro", "/home/alice/data.csv"),
+)
+
+
+def test_each_declared_path_is_a_check_naming_the_path_and_its_variable() -> None:
+    out = "\n".join(
+        [
+            "@@paths",
+            "dask_worker_read_write_paths\trw\tunwritable\t/srv/out\tmktemp: failed to "
+            "create file via template '/srv/out/.x': Read-only file system",
+            "dask_worker_read_write_paths\trw\tmissing\t/srv/gone",  # empty error, stripped
+            "dask_worker_read_only_paths\tro\tok\t/srv/data\t",
+            "@@end",
+        ]
+    )
+    checks = path_checks("h2", out, _PATHS)
+    assert [(c.host, c.name, c.passed, c.detail) for c in checks] == [
+        (
+            "h2",
+            "workers can read and write /srv/out",
+            False,
+            "`dask_worker_read_write_paths`: the workers cannot write it (mktemp: failed to "
+            "create file via template '/srv/out/.x': Read-only file system)",
+        ),
+        (
+            "h2",
+            "workers can read and write /srv/gone",
+            False,
+            "`dask_worker_read_write_paths`: missing on the host",
+        ),
+        ("h2", "workers can read but not write /srv/data", True, "`dask_worker_read_only_paths`"),
+        (
+            "h2",
+            "workers can read but not write /home/alice/data.csv",
+            False,
+            "`dask_worker_read_only_paths`: unchecked (the check did not finish)",
+        ),
+    ]
+
+
+def test_no_running_worker_fails_every_path_and_says_why() -> None:
+    out = "@@paths\n@@paths-unavailable dask-worker is not running\n"
+    checks = path_checks("h3", out, _PATHS[:1])
+    assert [(c.passed, c.detail) for c in checks] == [
+        (False, "`dask_worker_read_write_paths`: not checked, dask-worker is not running")
+    ]
+
+
+def test_the_paths_script_is_valid_sh_and_quotes_the_paths() -> None:
+    script = paths_script("dask-worker@0", [("dask_worker_read_only_paths", "ro", "/srv/it's")])
+    assert "check dask_worker_read_only_paths ro '/srv/it'\"'\"'s'" in script
+    done = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

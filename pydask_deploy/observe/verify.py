@@ -10,6 +10,7 @@ read side (``observe/cluster.py``), as for ``status`` and ``upgrade``.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import subprocess
 import tempfile
 import urllib.error
@@ -30,6 +31,7 @@ from pydask_deploy.observe.cluster import (
     client_packages,
     expected_workers,
     read_cluster,
+    sections,
 )
 
 # Seconds a host's ssh connection outlives its last command (closed at the end anyway).
@@ -143,6 +145,115 @@ def _listening(machine: Any, host: str, port: int, what: str) -> Check:
     return Check(host, f"{what} listens on port {port}", bool(found), ", ".join(found))
 
 
+# --------------------------------------------------------------------------- data paths
+
+# The variables that declare the workers' data paths, and what each promises: read and write,
+# or read and never write.
+PATH_VARIABLES = (
+    ("dask_worker_read_write_paths", "rw"),
+    ("dask_worker_read_only_paths", "ro"),
+)
+
+# POSIX sh, run as root: each declared path tried by the worker's own account from inside the
+# running worker's sandbox. nsenter joins the mount namespace of the unit's main process, where
+# systemd applied ProtectSystem, ProtectHome, ReadWritePaths, ReadOnlyPaths and PrivateDevices;
+# setpriv takes on that process's uid, gid and supplementary groups, as read from /proc (root
+# gives up its capabilities in the change, as the unit's process never had them). One line per
+# path: VARIABLE, MODE, RESULT, PATH and the last error line, tab-separated.
+_PATHS_SCRIPT = r"""
+LC_ALL=C; export LC_ALL
+echo "@@paths"
+pid=$(systemctl show -p MainPID --value {unit} 2>/dev/null)
+case "$pid" in ''|0) echo "@@paths-unavailable {unit} is not running"; exit 0;; esac
+ids() {{ awk -v k="$1:" '$1 == k {{ $1 = ""; print }}' "/proc/$pid/status"; }}
+uid=$(ids Uid | awk '{{print $1}}'); gid=$(ids Gid | awk '{{print $1}}')
+groups=$(ids Groups | tr -s ' 	' ',' | sed 's/^,//; s/,$//')
+if [ -n "$groups" ]; then grp="--groups=$groups"; else grp=--clear-groups; fi
+as_worker() {{ setpriv --reuid="$uid" --regid="$gid" "$grp" -- sh -c "$1" sh "$2" 2>&1; }}
+inside() {{ nsenter -t "$pid" -m -- setpriv --reuid="$uid" --regid="$gid" "$grp" -- \
+  sh -c "$1" sh "$2" 2>&1; }}
+read='if [ -d "$1" ]; then ls -A -- "$1" >/dev/null; else : < "$1"; fi'
+write='if [ -d "$1" ]; then t=$(mktemp -p "$1" .pydask-deploy-verify.XXXXXX) &&
+  rm -f -- "$t"; else : >> "$1"; fi'
+check() {{
+  if [ ! -e "$3" ] && ! as_worker 'test -e "$1"' "$3" >/dev/null; then
+    printf '%s	%s	%s	%s	%s
+' "$1" "$2" missing "$3" ""; return; fi
+  if ! out=$(inside "$read" "$3"); then
+    printf '%s	%s	%s	%s	%s
+' "$1" "$2" unreadable "$3" "$(echo "$out" | tail -n 1)"; return; fi
+  out=$(inside "$write" "$3"); wrote=$?
+  if [ "$2" = rw ] && [ $wrote != 0 ]; then
+    printf '%s	%s	%s	%s	%s
+' "$1" "$2" unwritable "$3" "$(echo "$out" | tail -n 1)"; return; fi
+  if [ "$2" = ro ] && [ $wrote = 0 ]; then
+    printf '%s	%s	%s	%s	%s
+' "$1" "$2" writable "$3" ""; return; fi
+  printf '%s	%s	%s	%s	%s
+' "$1" "$2" ok "$3" ""
+}}
+"""
+
+_RESULTS = {
+    "ok": "",
+    "missing": "missing on the host",
+    "unreadable": "the workers cannot read it",
+    "unwritable": "the workers cannot write it",
+    "writable": "the workers can write it",
+}
+
+
+def data_paths(inventory: Inventory, host: Host) -> tuple[tuple[str, str, str], ...]:
+    """The paths a worker host declares: (variable, mode ``rw``/``ro``, path), in order."""
+    variables = inventory.dask_vars(host)
+    found = []
+    for variable, mode in PATH_VARIABLES:
+        value = variables.get(variable)
+        for path in value if isinstance(value, list) else []:
+            found.append((variable, mode, str(path)))
+    return tuple(found)
+
+
+def paths_script(unit: str, paths: Sequence[tuple[str, str, str]]) -> str:
+    """The script that tries each path from inside ``unit``'s sandbox (run as root)."""
+    calls = "".join(
+        f"check {shlex.quote(variable)} {mode} {shlex.quote(path)}\n"
+        for variable, mode, path in paths
+    )
+    return _PATHS_SCRIPT.format(unit=shlex.quote(unit)) + calls
+
+
+def path_checks(host: str, stdout: str, paths: Sequence[tuple[str, str, str]]) -> list[Check]:
+    """One check per declared path from ``paths_script``'s output (pure)."""
+    found = sections(stdout)
+    unavailable = next((k for k in found if k.startswith("paths-unavailable ")), None)
+    results = {}
+    for line in found.get("paths", []):
+        fields = line.split("\t", 4)  # the error, last, may be empty and stripped
+        if len(fields) >= 4:
+            results[(fields[0], fields[3])] = (fields[2], fields[4] if len(fields) > 4 else "")
+    checks = []
+    for variable, mode, path in paths:
+        name = f"workers can read {'and write ' if mode == 'rw' else 'but not write '}{path}"
+        if unavailable is not None:
+            reason = unavailable.removeprefix("paths-unavailable ")
+            checks.append(Check(host, name, False, f"`{variable}`: not checked, {reason}"))
+            continue
+        result, error = results.get((variable, path), ("unchecked", "the check did not finish"))
+        what = _RESULTS.get(result, result)
+        detail = f"`{variable}`" + (f": {what}" if what else "") + (f" ({error})" if error else "")
+        checks.append(Check(host, name, result == "ok", detail))
+    return checks
+
+
+def _path_checks(machine: Any, host: Host, inventory: Inventory) -> list[Check]:
+    paths = data_paths(inventory, host)
+    if not paths:
+        return []
+    done = machine.run("sh -c %s", paths_script(WORKER_UNIT, paths))
+    return path_checks(host.name, done.stdout, paths)
+
+
 def _host_checks(inventory: Inventory, host: Host, control_dir: str) -> list[Check]:
     """The checks on one host: its units running and enabled, the scheduler's ports."""
     try:
@@ -159,6 +270,7 @@ def _host_checks(inventory: Inventory, host: Host, control_dir: str) -> list[Che
             )
         if host in inventory.workers:
             checks += _unit_checks(machine, host.name, WORKER_UNIT)
+            checks += _path_checks(machine, host, inventory)
         return checks
     except Exception as exc:  # testinfra raises plain RuntimeError/AssertionError on SSH trouble
         return [Check(host.name, "host is reachable", False, _first_line(exc))]
