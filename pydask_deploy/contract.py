@@ -62,6 +62,10 @@ RECORD_NAME = ".pydask-deploy-applied"
 # certificate and key (the role's __dask_tls_dir), and the CA certificate's name there.
 TLS_DIR = "tls"
 CA_CERT = "ca.crt"
+# The accounts apply created on the host, one line each ("user NAME", "group NAME"), the
+# role's __dask_account_record: destroy --remove-user removes only those. Outside the
+# directories destroy removes, so that it outlives a destroy that keeps the account.
+ACCOUNT_RECORD = "/var/lib/pydask-deploy/accounts"
 # In each runtime's directory: written once the runtime is completely installed.
 RUNTIME_MARKER = ".pydask-deploy-installed"
 # Under dask_base_dir: the runtimes, and the link to the one the units start.

@@ -164,3 +164,7 @@ def test_the_last_task_of_site_yml_is_the_one_python_knows() -> None:
 def test_the_hosts_ca_file_is_where_the_roles_put_it() -> None:
     assert _role_vars()["__dask_tls_dir"] == f"{{{{ dask_config_dir }}}}/{contract.TLS_DIR}"
     assert f"dest: {contract.CA_CERT}" in _text(roles_path(), "*.yml")
+
+
+def test_the_account_record_is_where_the_role_keeps_it() -> None:
+    assert _role_vars()["__dask_account_record"] == contract.ACCOUNT_RECORD

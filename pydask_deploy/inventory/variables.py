@@ -248,7 +248,7 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
     {
         # service account and directories
         "dask_user": _matching(_POSIX_NAME, "a user name such as 'dask'"),
-        "dask_group": _matching(_POSIX_NAME, "a group name such as 'dask'"),
+        "dask_group": _matching(_POSIX_NAME, "a group name such as 'dask' or ''", True),
         "dask_base_dir": _absolute_path(empty_ok=False),
         "dask_config_dir": _absolute_path(empty_ok=False),
         "dask_data_dir": _absolute_path(empty_ok=False),
