@@ -31,19 +31,36 @@ DESTROY_PLAYBOOK = "destroy.yml"  # destroy: remove what apply installed
 
 UNIT_DIR = "/etc/systemd/system"
 SCHEDULER_UNIT = "dask-scheduler"
+# A host without GPUs runs this one worker unit (its nanny starts dask_worker_nworkers
+# workers); a host with dask_worker_gpus: N runs N instances of the template
+# ``dask-worker@.service`` instead, dask-worker@0 ... dask-worker@N-1, one worker each: one
+# unit per GPU, because each worker needs its own CUDA_VISIBLE_DEVICES, which a nanny's
+# workers cannot have (they share its environment).
 WORKER_UNIT = "dask-worker"
+# Every worker unit of either layout, as journalctl -u and systemctl take patterns.
+WORKER_UNIT_PATTERNS = (WORKER_UNIT, f"{WORKER_UNIT}@*")
 # The first line of the unit files naming the runtime the unit starts (status reads it).
 UNIT_RUNTIME_COMMENT = "# runtime: "
 
 
+def worker_units(gpus: int) -> tuple[str, ...]:
+    """The worker units of a host with ``gpus`` GPUs: ``dask-worker``, or one
+    ``dask-worker@<i>`` per GPU."""
+    if gpus > 0:
+        return tuple(f"{WORKER_UNIT}@{i}" for i in range(gpus))
+    return (WORKER_UNIT,)
+
+
 def unit_file(unit: str) -> str:
-    """The unit's file name, as systemd and the role name it: ``dask-worker.service``."""
+    """The unit's name as systemd gives it: ``dask-worker.service``, ``dask-worker@0.service``."""
     return f"{unit}.service"
 
 
 def unit_path(unit: str) -> str:
-    """Where the role installs the unit: ``/etc/systemd/system/dask-worker.service``."""
-    return f"{UNIT_DIR}/{unit_file(unit)}"
+    """The file the role installs for the unit: ``/etc/systemd/system/dask-worker.service``;
+    for an instance, its template's (``dask-worker@.service``)."""
+    template, at, _ = unit.partition("@")
+    return f"{UNIT_DIR}/{unit_file(template + at)}"
 
 
 # The tasks that report a change when a unit file changed (runtime, options, certificates):
@@ -103,6 +120,7 @@ VARIABLES_READ = (
     "dask_dashboard_port",
     "dask_dashboard_address",
     "dask_worker_nworkers",
+    "dask_worker_gpus",
     "dask_worker_local_directory",
     "dask_worker_read_write_paths",
     "dask_worker_read_only_paths",

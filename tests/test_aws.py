@@ -130,7 +130,7 @@ def test_happy_path_writes_an_inventory_that_passes_check(
     assert inventory.scheduler.address.startswith("10.")  # private by default
     assert inventory.scheduler.user == "ubuntu"
     assert [w.name for w in inventory.workers] == ["cpu-1", "cpu-2", "gpu-1"]  # not cpu-3, other
-    assert inventory.host("gpu-1").vars["dask_worker_resources"] == {"GPU": 2}
+    assert inventory.host("gpu-1").vars["dask_worker_gpus"] == 2
     assert inventory.host("cpu-1").vars["dask_worker_nthreads"] == 4
     assert inventory.host("cpu-2").vars["dask_worker_memory_limit"] == "6GiB"
     text = out.read_text()

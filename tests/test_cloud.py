@@ -118,7 +118,7 @@ def test_cluster_of_a_scheduler_and_three_workers() -> None:
     by_name = {w.name: dict(w.vars) for w in spec.workers}
     assert by_name == {
         "w-a": {"dask_worker_memory_limit": "16GiB", "dask_worker_nworkers": 2},
-        "w-b": {"dask_worker_resources": {"GPU": 2}, "dask_worker_nthreads": 4},
+        "w-b": {"dask_worker_gpus": 2, "dask_worker_nthreads": 4},
         "w-c": {},
     }
     assert dict(spec.common_vars) == {"ansible_user": "ubuntu"}
@@ -190,7 +190,7 @@ def test_two_schedulers_are_both_named() -> None:
 def test_scheduler_can_be_a_worker_too(value: str) -> None:
     spec = spec_of(vm("i-1", value, name="head", dask_gpus="1"), vm("i-2"))
     assert [w.name for w in spec.workers] == ["head", "i-2"]
-    assert dict(spec.workers[0].vars) == {"dask_worker_resources": {"GPU": 1}}
+    assert dict(spec.workers[0].vars) == {"dask_worker_gpus": 1}
     inventory = _round_trip(spec)
     assert inventory.scheduler.name == "head"
     assert {w.name for w in inventory.workers} == {"head", "i-2"}
@@ -226,6 +226,15 @@ def test_bad_tag_value_names_instance_tag_and_value(tag: str, value: str, what: 
     bad = Instance("i-9", "w9", "10.0.0.9", None, "running", {"dask-cluster": "prod", tag: value})
     message = usage_error(vm("i-1", "scheduler"), bad)
     assert message == f"i-9 (w9): tag {tag!r} {what}, got {value!r}"
+
+
+def test_gpus_and_nworkers_on_one_instance_are_refused() -> None:
+    both = vm("i-2", dask_gpus="2", dask_nworkers="2")
+    message = usage_error(vm("i-1", "scheduler"), both)
+    assert message == (
+        "i-2: tags 'dask-gpus' and 'dask-nworkers' cannot both be set: a GPU instance runs "
+        "one worker per GPU"
+    )
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -572,7 +581,7 @@ def test_gcp_command_writes_a_checked_inventory(gcp_adc: Stub, tmp_path: Path) -
         "dask-cpu-1": "35.195.10.4",
         "dask-gpu-1": "35.195.10.3",
     }
-    assert inventory.host("dask-gpu-1").vars["dask_worker_resources"] == {"GPU": 1}
+    assert inventory.host("dask-gpu-1").vars["dask_worker_gpus"] == 1
     assert inventory.host("dask-scheduler").vars["dask_worker_nthreads"] == 4
     assert inventory.host("dask-cpu-1").vars["dask_worker_memory_limit"] == "48gib"
     assert inventory.scheduler.user == "dask-admin"
@@ -727,7 +736,7 @@ def test_azure_command_writes_a_checked_inventory(azure_api: Stub, tmp_path: Pat
     _check_passes(out)
     inventory = load_inventory(out)
     assert {w.name for w in inventory.workers} == {"dask-w1", "dask-w2"}  # w3 is deallocated
-    assert inventory.host("dask-w1").vars["dask_worker_resources"] == {"GPU": 2}
+    assert inventory.host("dask-w1").vars["dask_worker_gpus"] == 2
     assert inventory.host("dask-w2").vars["dask_worker_nworkers"] == 2
 
 
@@ -839,7 +848,7 @@ def test_openstack_command_writes_a_checked_inventory(clouds_yaml: Stub, tmp_pat
     inventory = load_inventory(out)
     assert {w.name for w in inventory.workers} == {"dask-head", "dask-node-1", "dask-node-2"}
     assert inventory.host("dask-head").vars["dask_worker_nthreads"] == 8
-    assert inventory.host("dask-node-1").vars["dask_worker_resources"] == {"GPU": 4}
+    assert inventory.host("dask-node-1").vars["dask_worker_gpus"] == 4
     assert inventory.host("dask-node-2").vars["dask_worker_memory_limit"] == "auto"
 
 

@@ -96,16 +96,55 @@ def test_the_tasks_python_waits_for_exist(task: str) -> None:
     assert names.count(task) == 1, f"no single task named {task!r} in roles/ and playbooks/"
 
 
-@pytest.mark.parametrize("unit", [contract.SCHEDULER_UNIT, contract.WORKER_UNIT])
-def test_the_units_are_installed_and_restarted_where_python_looks(unit: str) -> None:
-    assert contract.unit_path(unit) in _role_vars().values()
-    restarted = {
+def _restarted() -> set[str]:
+    return {
         t[module]["name"]
         for t in _all_tasks()
         for module in ("ansible.builtin.systemd_service", "ansible.builtin.systemd")
         if isinstance(t.get(module), dict) and "name" in t[module]
     }
-    assert contract.unit_file(unit) in restarted
+
+
+def test_the_scheduler_unit_is_installed_and_restarted_where_python_looks() -> None:
+    assert contract.unit_path(contract.SCHEDULER_UNIT) in _role_vars().values()
+    assert contract.unit_file(contract.SCHEDULER_UNIT) in _restarted()
+
+
+def _render(expression: str, **variables: object) -> Any:
+    """A role variable as Ansible computes it from the role's vars and ``variables``."""
+    from ansible.parsing.dataloader import DataLoader  # type: ignore[import-untyped]
+    from ansible.template import Templar, trust_as_template  # type: ignore[import-untyped]
+
+    role = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in _role_vars().items()}
+    templar = Templar(loader=DataLoader(), variables={**role, **variables})
+    return templar.template(trust_as_template(expression))
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 3])
+def test_the_worker_units_are_installed_and_restarted_where_python_looks(gpus: int) -> None:
+    units = contract.worker_units(gpus)
+    assert _render("{{ __dask_worker_units }}", dask_worker_gpus=gpus) == [
+        contract.unit_file(u) for u in units
+    ]
+    assert {contract.unit_path(u) for u in units} == {
+        _render("{{ __dask_worker_unit }}", dask_worker_gpus=gpus)
+    }
+    # every start, stop and restart of the workers goes through that list
+    assert "{{ item }}" in _restarted()
+    loops = [t.get("loop") for t in _all_tasks() if "Restart dask-worker" in str(t.get("name"))]
+    assert loops and all(loop == "{{ __dask_worker_units }}" for loop in loops)
+
+
+def test_a_gpu_hosts_worker_units_may_open_its_nvidia_nodes() -> None:
+    devices = _render("{{ __dask_worker_gpu_devices }}", dask_worker_gpus=2)
+    assert devices == [
+        "/dev/nvidiactl rw",
+        "/dev/nvidia-uvm rw",
+        "/dev/nvidia-uvm-tools rw",
+        "/dev/nvidia0 rw",
+        "/dev/nvidia1 rw",
+        "char-nvidia-caps r",
+    ]
 
 
 def test_every_unit_template_names_its_runtime() -> None:

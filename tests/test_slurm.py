@@ -152,21 +152,21 @@ def test_plan_partition(tmp_path: Path) -> None:
     assert spec.warnings == (GPU_LEFT_OUT,)
     by_name = {w.name: w for w in spec.workers}
     assert by_name["gpu06"].address == "10.20.0.16"
-    assert by_name["gpu06"].vars == {"dask_worker_resources": {"GPU": 3}}
+    assert by_name["gpu06"].vars == {"dask_worker_gpus": 3}
     assert by_name["gpu01"].comment == "64 CPUs, 515000 MB memory, GRES gpu:a100:4(S:0-1); mixed"
     path = tmp_path / "gpu.yml"
     path.write_text(render(spec))
     inventory = load_inventory(path)
     assert inventory.scheduler.name == "gpu01"
     assert [w.name for w in inventory.workers] == GPU_IN_SERVICE
-    assert inventory.dask_vars("gpu09")["dask_worker_resources"] == {"GPU": 2}
+    assert inventory.dask_vars("gpu09")["dask_worker_gpus"] == 2
     assert inventory.host("gpu06").address == "10.20.0.16"
 
 
 def test_plan_partition_chosen_scheduler() -> None:
     spec = plan_partition("gpu", _gpu_nodes(), "gpu06", {}, "made", "here")
     assert spec.scheduler.name == "gpu06"
-    assert spec.scheduler.vars == {"dask_worker_resources": {"GPU": 3}}
+    assert spec.scheduler.vars == {"dask_worker_gpus": 3}
 
 
 @pytest.mark.parametrize(

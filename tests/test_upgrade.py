@@ -18,7 +18,12 @@ from helpers import cli, cluster_client, ssh, wait_for_workers
 from lab_factory import LabFactory
 
 from pydask_deploy import lab as lab_module
-from pydask_deploy.deploy.upgrade import batch_size, needs_restart, plan_batches
+from pydask_deploy.deploy.upgrade import (
+    batch_size,
+    needs_restart,
+    plan_batches,
+    unit_age_script,
+)
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import load_inventory
 
@@ -68,6 +73,18 @@ def test_needs_restart_compares_the_unit_file_with_the_process(
     lines: list[str], restart: bool
 ) -> None:
     assert needs_restart("\n".join(["@@unit-age", *lines, "@@end"])) is restart
+
+
+def test_a_gpu_host_needs_a_restart_when_one_of_its_workers_is_old() -> None:
+    current = ["1795925974.565433", "ExecMainStartTimestamp=Sun 2026-11-29 04:19:41.524086 UTC"]
+    old = ["1795925974.565433", "ExecMainStartTimestamp=Sun 2026-11-29 04:19:33.524086 UTC"]
+    both_current = ["@@unit-age dask-worker@0", *current, "@@unit-age dask-worker@1", *current]
+    assert needs_restart("\n".join([*both_current, "@@end"])) is False
+    one_old = ["@@unit-age dask-worker@0", *current, "@@unit-age dask-worker@1", *old]
+    assert needs_restart("\n".join([*one_old, "@@end"])) is True
+    script = unit_age_script(["dask-worker@0", "dask-worker@1"])
+    assert "stat -c '%.6Y' /etc/systemd/system/dask-worker@.service" in script
+    assert "ExecMainStartTimestamp dask-worker@1" in script
 
 
 def test_plan_batches_keeps_inventory_order(tmp_path: Path) -> None:

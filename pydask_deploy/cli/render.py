@@ -215,6 +215,8 @@ def _runtime(state: UnitState) -> str:
 
 def table_rows(status: ClusterStatus) -> list[list[str]]:
     """The status table, header first: one row per unit (or per unreachable host)."""
+    from pydask_deploy.observe.status import unit_workers
+
     header = [
         "HOST",
         "ROLE",
@@ -224,6 +226,7 @@ def table_rows(status: ClusterStatus) -> list[list[str]]:
         "RUNTIME",
         "PORTS",
         "WORKERS",
+        "GPUS",
         "MEMORY",
         "TASKS",
     ]
@@ -237,40 +240,54 @@ def table_rows(status: ClusterStatus) -> list[list[str]]:
         for row in host.units:
             u = row.state
             if row.role == "worker":
-                workers = f"{len(host.workers)}/{host.expected if host.expected else '?'}"
+                # a GPU host has a unit per GPU, each with its one worker and GPU
+                mine = unit_workers(row.unit, host.workers)
+                expected = 1 if host.gpus else host.expected
+                workers = f"{len(mine)}/{expected if expected else '?'}"
+                gpus = f"{sum(w.gpus for w in mine):g}/1" if host.gpus else "-"
                 memory = (
-                    f"{_bytes(sum(w.memory for w in host.workers))}/"
-                    f"{_bytes(sum(w.memory_limit for w in host.workers))}"
-                    if host.workers
+                    f"{_bytes(sum(w.memory for w in mine))}/"
+                    f"{_bytes(sum(w.memory_limit for w in mine))}"
+                    if mine
                     else "-"
                 )
                 tasks = (
-                    f"{sum(w.running for w in host.workers)}/"
-                    f"{sum(w.processing for w in host.workers)}"
-                    if host.workers
+                    f"{sum(w.running for w in mine)}/{sum(w.processing for w in mine)}"
+                    if mine
                     else "-"
                 )
             else:
                 answered = status.scheduler.answered
                 workers = f"{len(status.scheduler.workers)}/{total} total" if answered else "-"
-                memory = tasks = "-"
+                gpus = memory = tasks = "-"
+            _, at, instance = row.unit.partition("@")  # a GPU host's dask-worker@<i>
             rows.append(
                 [
                     host.name,
-                    row.role,
+                    f"{row.role}@{instance}" if at else row.role,
                     u.state,
                     _age(u.since, now) if u.active else "-",
                     "-" if u.restarts is None else str(u.restarts),
                     _runtime(u),
                     ",".join(map(str, row.ports)) or "-",
                     workers,
+                    gpus,
                     memory,
                     tasks,
                 ]
             )
     for w in status.strangers:
         rows.append(
-            ["(" + w.host + ")", "worker", "not in inventory", "-", "-", "-", "-", "1", "-", "-"]
+            [
+                "(" + w.host + ")",
+                "worker",
+                "not in inventory",
+                *["-"] * 4,
+                "1",
+                f"{w.gpus:g}" if w.gpus else "-",
+                "-",
+                "-",
+            ]
         )
     return rows
 

@@ -46,8 +46,6 @@ RECORD_NAME = contract.RECORD_NAME
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 15.0
 SCHEDULER_UNIT = contract.unit_file(contract.SCHEDULER_UNIT)
-WORKER_UNIT = contract.unit_file(contract.WORKER_UNIT)
-UNIT_DIR = contract.UNIT_DIR
 
 # The variables the state script reads; a Jinja value there is known only to Ansible.
 _PATH_VARS = ("dask_base_dir", "dask_config_dir", "dask_data_dir", "dask_user")
@@ -177,13 +175,9 @@ class HostCheck:
 
 
 def host_units(inventory: Inventory, host: Host) -> tuple[str, ...]:
-    """The dask units a host runs: the scheduler's first."""
-    units = []
-    if host.name == inventory.scheduler.name:
-        units.append(SCHEDULER_UNIT)
-    if any(w.name == host.name for w in inventory.workers):
-        units.append(WORKER_UNIT)
-    return tuple(units)
+    """The dask units a host runs, as systemd names them: the scheduler's first, then the
+    worker's (one per GPU on a GPU host)."""
+    return tuple(contract.unit_file(u) for u in cluster.host_units(inventory, host))
 
 
 def _templated(value: object) -> bool:
@@ -227,7 +221,7 @@ def state_script(variables: Mapping[str, object], units: Sequence[str], record: 
     runtime = str(variables["dask_runtime"])
     local = str(variables.get("dask_worker_local_directory") or "") or f"{data}/worker"
     dirs = [base, config, data, f"{base}/{contract.ENVS_DIR}"]
-    if WORKER_UNIT in units:
+    if any(unit != SCHEDULER_UNIT for unit in units):
         dirs.append(local)
     lines = [
         f"LC_ALL=C; export LC_ALL; cfg={q(config)}; rec={q(record)}",
@@ -244,7 +238,7 @@ def state_script(variables: Mapping[str, object], units: Sequence[str], record: 
         "sort -k 2 | sed 's/^/file /'",
     ]
     for unit in units:
-        path = f"{UNIT_DIR}/{unit}"
+        path = contract.unit_path(unit.removesuffix(".service"))  # an instance: its template
         lines += [
             f"f={q(path)}; u={q(unit)}",
             'echo "unit $u $(sha256sum "$f" 2>/dev/null | cut -c 1-64) '

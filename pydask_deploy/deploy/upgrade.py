@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pydask_deploy import contract
+from pydask_deploy.contract import worker_units
 from pydask_deploy.deploy import insync
 from pydask_deploy.deploy.apply import check_ca, check_python, prepare_tls
 from pydask_deploy.deploy.pki import Pki
@@ -43,6 +44,7 @@ from pydask_deploy.observe.cluster import (
     expected_workers,
     read_cluster,
     sections,
+    worker_gpus,
 )
 from pydask_deploy.observe.scheduler import SchedulerSession, WorkerView
 
@@ -222,20 +224,35 @@ def needs_scheduler_restart(inventory: Inventory, running: str) -> dict[str, str
 
 # --------------------------------------------------------------------------- pending restarts
 
-# POSIX sh: when the worker unit's file was last written and when its process started, both
-# to the microsecond. A process older than its unit file still runs the old runtime.
-_UNIT_AGE_SCRIPT = f"""
-echo "@@unit-age"
-stat -c '%.6Y' {contract.unit_path(contract.WORKER_UNIT)} 2>/dev/null || echo missing
-systemctl show --timestamp=us+utc -p ExecMainStartTimestamp {contract.WORKER_UNIT} 2>/dev/null
+# POSIX sh, per worker unit of a host: when the unit's file was last written and when its
+# process started, both to the microsecond. A process older than its unit file still runs the
+# old runtime.
+_UNIT_AGE_SCRIPT = """
+echo "@@unit-age {unit}"
+stat -c '%.6Y' {path} 2>/dev/null || echo missing
+systemctl show --timestamp=us+utc -p ExecMainStartTimestamp {unit} 2>/dev/null
 """
 
 
+def unit_age_script(units: Sequence[str]) -> str:
+    """The part of a host's round that prints each worker unit's age (``needs_restart``)."""
+    return "".join(
+        _UNIT_AGE_SCRIPT.format(unit=unit, path=contract.unit_path(unit)) for unit in units
+    )
+
+
 def needs_restart(stdout: str) -> bool:
-    """Whether a host's worker process predates its unit file (from ``_UNIT_AGE_SCRIPT``'s
-    output): it then runs the old runtime or options. A worker that is not running needs
-    its restart too; a host without the unit file does not."""
-    lines = sections(stdout).get("unit-age", [])
+    """Whether one of a host's worker processes predates its unit file (from
+    ``unit_age_script``'s output): it then runs the old runtime or options. A worker that is
+    not running needs its restart too; a host without the unit file does not."""
+    return any(
+        _unit_needs_restart(lines)
+        for name, lines in sections(stdout).items()
+        if name.split(" ")[0] == "unit-age"
+    )
+
+
+def _unit_needs_restart(lines: Sequence[str]) -> bool:
     if not lines or not re.fullmatch(r"\d+(\.\d+)?", lines[0].strip()):
         return False
     written = float(lines[0])
@@ -377,7 +394,10 @@ class _Upgrade:
 
     def pending_restarts(self) -> tuple[str, ...]:
         """The worker hosts whose workers predate their unit file (one SSH round)."""
-        scripts = {h.name: _UNIT_AGE_SCRIPT for h in self.inventory.workers}
+        scripts = {
+            h.name: unit_age_script(worker_units(worker_gpus(self.inventory, h)))
+            for h in self.inventory.workers
+        }
         reading = read_cluster(self.inventory, scripts, self.inventory.workers, source="none")
         return tuple(
             name

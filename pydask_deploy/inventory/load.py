@@ -588,6 +588,11 @@ def _worker_problems(host: Host, setting: Callable[[str], object]) -> list[str]:
                 "`dask_worker_gpus` and `dask_worker_nworkers` are both set; a GPU host runs "
                 "one worker per GPU: remove `dask_worker_nworkers` there"
             )
+        if setting("dask_runtime") == "docker":
+            found.append(
+                "`dask_worker_gpus` needs the venv or conda runtime: a docker worker would "
+                "need the NVIDIA container toolkit, which pydask-deploy does not set up"
+            )
         resources = setting("dask_worker_resources")
         if isinstance(resources, dict) and "GPU" in resources:
             found.append(

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Literal
 
-from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
+from pydask_deploy.contract import SCHEDULER_UNIT, worker_units
 from pydask_deploy.errors import SchedulerUnreachable
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import connection, remote
@@ -213,15 +213,35 @@ def assign_workers(
     return mine, tuple(w for w in workers if w.address not in claimed)
 
 
-def expected_workers(inventory: Inventory, host: Host) -> int | None:
-    """How many workers a worker host should have registered (``dask_worker_nworkers``);
-    None when the value is a template only Ansible can compute."""
-    value = inventory.dask_vars(host).get("dask_worker_nworkers")
+def _count(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
+
+
+def worker_gpus(inventory: Inventory, host: Host) -> int:
+    """The GPUs a worker host declares (``dask_worker_gpus``; ``check`` refuses a template)."""
+    return _count(inventory.dask_vars(host).get("dask_worker_gpus")) or 0
+
+
+def expected_workers(inventory: Inventory, host: Host) -> int | None:
+    """How many workers a worker host should have registered: one per GPU on a GPU host, else
+    ``dask_worker_nworkers``; None when the value is a template only Ansible can compute."""
+    gpus = worker_gpus(inventory, host)
+    if gpus:
+        return gpus
+    return _count(inventory.dask_vars(host).get("dask_worker_nworkers"))
+
+
+def host_units(inventory: Inventory, host: Host) -> tuple[str, ...]:
+    """The dask units a host runs, the scheduler's first: ``dask-worker``, or one
+    ``dask-worker@<i>`` per GPU (``contract.worker_units``)."""
+    units = [SCHEDULER_UNIT] if host.name == inventory.scheduler.name else []
+    if any(w.name == host.name for w in inventory.workers):
+        units += worker_units(worker_gpus(inventory, host))
+    return tuple(units)
 
 
 @dataclass(frozen=True)
@@ -262,13 +282,6 @@ async def _resolved(address: str) -> set[str]:
     except (OSError, TimeoutError, UnicodeError):
         return set()
     return {str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)}
-
-
-def _units(inventory: Inventory, host: Host) -> tuple[str, ...]:
-    units = [SCHEDULER_UNIT] if host.name == inventory.scheduler.name else []
-    if any(w.name == host.name for w in inventory.workers):
-        units.append(WORKER_UNIT)
-    return tuple(units)
 
 
 async def _scheduler_view(
@@ -313,7 +326,9 @@ def _versions(
     scheduler = packages.get(inventory.scheduler.name, {}).get(SCHEDULER_UNIT)
     mine, _ = assign_workers(workers, addresses)
     by_worker = {
-        w.address: packages.get(host, {}).get(WORKER_UNIT, {})
+        w.address: packages.get(host, {}).get(
+            worker_units(worker_gpus(inventory, inventory.host(host)))[0], {}
+        )
         for host, found in mine.items()
         for w in found
     }
@@ -336,7 +351,7 @@ async def read(
     scripts = dict(scripts or {})
     if source == "dashboard":
         for host in chosen:
-            extra = packages_script(_units(inventory, host))
+            extra = packages_script(host_units(inventory, host))
             if host.name == inventory.scheduler.name:
                 extra += dashboard_script(connection.dashboard_url(inventory))
             scripts[host.name] = scripts.get(host.name, "") + extra

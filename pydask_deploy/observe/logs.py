@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
+from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT_PATTERNS
 from pydask_deploy.errors import UsageError
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import remote
@@ -55,7 +55,9 @@ def journal_command(
     since: str | None = None, lines: int | None = None, follow: bool = False
 ) -> str:
     """The journalctl command line run on each host."""
-    argv = ["journalctl", "-u", SCHEDULER_UNIT, "-u", WORKER_UNIT]
+    argv = ["journalctl", "-u", SCHEDULER_UNIT]
+    for pattern in WORKER_UNIT_PATTERNS:  # dask-worker, or one dask-worker@<i> per GPU
+        argv += ["-u", pattern]
     argv += ["-o", "json", f"--output-fields={_FIELDS}", "--no-pager"]
     if since:
         argv += ["--since", since]

@@ -52,6 +52,12 @@ class WorkerView:
     processing: int
     nanny: str = ""
     status: str = ""
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    @property
+    def gpus(self) -> float:
+        """The GPU resource the worker offers (``--resources GPU=1``); 0 without."""
+        return float(self.resources.get("GPU", 0))
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ def workers_from_identity(identity: Mapping[str, Any]) -> tuple[WorkerView, ...]
                 processing=sum(int(counts.get(s, 0)) for s in _PROCESSING_STATES),
                 nanny=str(info.get("nanny") or ""),
                 status=str(info.get("status") or ""),
+                resources={str(k): float(v) for k, v in (info.get("resources") or {}).items()},
             )
         )
     return tuple(found)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydask_deploy.contract import SCHEDULER_UNIT, UNIT_RUNTIME_COMMENT, WORKER_UNIT
+from pydask_deploy.contract import SCHEDULER_UNIT, UNIT_RUNTIME_COMMENT
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import cluster, remote
 from pydask_deploy.observe.scheduler import (
@@ -69,7 +69,9 @@ case "$exe" in */bin/*)
   done;;
 esac
 cg=$(printf '%s\n' "$out" | sed -n 's/^ControlGroup=//p')
-[ -n "$cg" ] && echo "Pids=$(grep -lE ":$cg(/.*)?\$" /proc/[0-9]*/cgroup 2>/dev/null |
+# the cgroup as a regular expression: an instance's slice is system-dask\x2dworker.slice
+cgre=$(printf '%s\n' "$cg" | sed 's/[][\\.*^$+?(){{}}|]/\\&/g')
+[ -n "$cg" ] && echo "Pids=$(grep -lE ":$cgre(/.*)?\$" /proc/[0-9]*/cgroup 2>/dev/null |
   cut -d/ -f3 | tr '\n' ' ')"
 """
 
@@ -329,9 +331,10 @@ class HostStatus:
     """One inventory host: how SSH found it, and its workers as the scheduler sees them.
 
     ``error`` is set when the host could not be reached (then ``units`` is empty).
-    ``expected`` is the inventory's ``dask_worker_nworkers`` for worker hosts (None when the
-    host runs no worker or the value is a template); ``workers`` are those registered from
-    this host's addresses.
+    ``expected`` is the inventory's ``dask_worker_nworkers`` for worker hosts, or its
+    ``dask_worker_gpus`` on a GPU host (None when the host runs no worker or the value is a
+    template); ``gpus`` the GPUs it declares; ``workers`` are those registered from this
+    host's addresses.
     """
 
     name: str
@@ -342,10 +345,16 @@ class HostStatus:
     addresses: tuple[str, ...] = ()
     expected: int | None = None
     workers: tuple[WorkerView, ...] = ()
+    gpus: int = 0
 
     @property
     def reachable(self) -> bool:
         return self.error is None
+
+    @property
+    def gpus_registered(self) -> float:
+        """The GPU resource of this host's registered workers, added up."""
+        return sum(w.gpus for w in self.workers)
 
 
 @dataclass(frozen=True)
@@ -414,6 +423,7 @@ class ClusterStatus:
                 "memory_limit": w.memory_limit,
                 "running": w.running,
                 "processing": w.processing,
+                "resources": dict(w.resources),
             }
 
         return {
@@ -438,6 +448,7 @@ class ClusterStatus:
                     "error": h.error,
                     "addresses": list(h.addresses),
                     "units": [unit_json(r) for r in h.units],
+                    "gpus": {"declared": h.gpus, "registered": h.gpus_registered},
                     "workers": {
                         "expected": h.expected,
                         "registered": len(h.workers),
@@ -466,13 +477,21 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def host_roles(inventory: Inventory, host: Host) -> tuple[tuple[str, str], ...]:
-    """(role, unit) pairs a host runs: the scheduler first."""
-    roles = []
-    if host.name == inventory.scheduler.name:
-        roles.append(("scheduler", SCHEDULER_UNIT))
-    if any(w.name == host.name for w in inventory.workers):
-        roles.append(("worker", WORKER_UNIT))
-    return tuple(roles)
+    """(role, unit) pairs a host runs: the scheduler first, then its worker units (one per
+    GPU on a GPU host)."""
+    return tuple(
+        ("scheduler" if unit == SCHEDULER_UNIT else "worker", unit)
+        for unit in cluster.host_units(inventory, host)
+    )
+
+
+def unit_workers(unit: str, workers: Sequence[WorkerView]) -> tuple[WorkerView, ...]:
+    """The workers of one worker unit of a host: all of them for ``dask-worker``; for
+    ``dask-worker@<i>`` the one it names ``<host>-gpu<i>``."""
+    _, at, index = unit.partition("@")
+    if not at:
+        return tuple(workers)
+    return tuple(w for w in workers if w.name.endswith(f"-gpu{index}"))
 
 
 def assess(
@@ -506,6 +525,7 @@ def assess(
         probe = probes.get(host.name)
         is_worker = any(role == "worker" for role, _ in roles)
         expected = cluster.expected_workers(inventory, host) if is_worker else None
+        gpus = cluster.worker_gpus(inventory, host) if is_worker else 0
         workers = registered.get(host.name, ())
         hint = logs_hint.format(inv=shown, host=host.name)
         if not isinstance(probe, HostProbe):
@@ -518,6 +538,7 @@ def assess(
                     error=reason,
                     expected=expected,
                     workers=workers,
+                    gpus=gpus,
                 )
             )
             problems.append(
@@ -553,6 +574,7 @@ def assess(
                 addresses=probe.addresses,
                 expected=expected,
                 workers=workers,
+                gpus=gpus,
             )
         )
 

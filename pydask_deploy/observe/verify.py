@@ -23,15 +23,17 @@ from typing import Any
 
 import testinfra
 
-from pydask_deploy.contract import SCHEDULER_UNIT, WORKER_UNIT
+from pydask_deploy.contract import SCHEDULER_UNIT
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import connection, remote
 from pydask_deploy.observe.cluster import (
     ClusterReading,
     client_packages,
     expected_workers,
+    host_units,
     read_cluster,
     sections,
+    worker_gpus,
 )
 
 # Seconds a host's ssh connection outlives its last command (closed at the end anyway).
@@ -246,11 +248,13 @@ def path_checks(host: str, stdout: str, paths: Sequence[tuple[str, str, str]]) -
     return checks
 
 
-def _path_checks(machine: Any, host: Host, inventory: Inventory) -> list[Check]:
+def _path_checks(machine: Any, host: Host, inventory: Inventory, unit: str) -> list[Check]:
+    """The declared paths, tried in ``unit``'s sandbox: on a GPU host its first instance's,
+    which every instance shares (one template)."""
     paths = data_paths(inventory, host)
     if not paths:
         return []
-    done = machine.run("sh -c %s", paths_script(WORKER_UNIT, paths))
+    done = machine.run("sh -c %s", paths_script(unit, paths))
     return path_checks(host.name, done.stdout, paths)
 
 
@@ -259,7 +263,8 @@ def _host_checks(inventory: Inventory, host: Host, control_dir: str) -> list[Che
     try:
         machine = _testinfra_host(host, control_dir)
         checks: list[Check] = []
-        if host.name == inventory.scheduler.name:
+        units = host_units(inventory, host)
+        if SCHEDULER_UNIT in units:
             variables = inventory.dask_vars(host)
             checks += _unit_checks(machine, host.name, SCHEDULER_UNIT)
             checks.append(
@@ -268,9 +273,11 @@ def _host_checks(inventory: Inventory, host: Host, control_dir: str) -> list[Che
             checks.append(
                 _listening(machine, host.name, int(variables["dask_dashboard_port"]), "dashboard")  # type: ignore[call-overload]
             )
-        if host in inventory.workers:
-            checks += _unit_checks(machine, host.name, WORKER_UNIT)
-            checks += _path_checks(machine, host, inventory)
+        workers = [unit for unit in units if unit != SCHEDULER_UNIT]
+        for unit in workers:
+            checks += _unit_checks(machine, host.name, unit)
+        if workers:
+            checks += _path_checks(machine, host, inventory, workers[0])
         return checks
     except Exception as exc:  # testinfra raises plain RuntimeError/AssertionError on SSH trouble
         return [Check(host.name, "host is reachable", False, _first_line(exc))]
@@ -318,7 +325,8 @@ def _health_check_on_host(inventory: Inventory, url: str, control_dir: str) -> C
 
 
 def _registration_checks(inventory: Inventory, reading: ClusterReading) -> list[Check]:
-    """Each worker host has as many workers registered as its ``dask_worker_nworkers``."""
+    """Each worker host has as many workers registered as its ``dask_worker_nworkers`` (one
+    per GPU on a GPU host)."""
     scheduler = inventory.scheduler.name
     view = reading.scheduler
     if not view.answered:
@@ -335,6 +343,17 @@ def _registration_checks(inventory: Inventory, reading: ClusterReading) -> list[
                 f"{count} of {expected}",
             )
         )
+        gpus = worker_gpus(inventory, worker)
+        if gpus:
+            offered = sum(w.gpus for w in reading.hosts[worker.name].workers)
+            checks.append(
+                Check(
+                    worker.name,
+                    "GPUs offered to the scheduler",
+                    offered == gpus,
+                    f"GPU={offered:g} of {gpus}",
+                )
+            )
     return checks
 
 

@@ -11,7 +11,7 @@ Tag conventions (``dask-role`` can be renamed with ``--role-tag``):
 - ``dask-role=scheduler``: the scheduler (exactly one instance); ``dask-role=worker`` or no
   ``dask-role`` tag: a worker; ``dask-role=scheduler-worker`` (or ``scheduler,worker`` where
   the cloud allows commas; GCP labels do not): the scheduler, and a worker too.
-- ``dask-gpus=N`` -> ``dask_worker_resources: {GPU: N}``; ``dask-nthreads=N`` ->
+- ``dask-gpus=N`` -> ``dask_worker_gpus`` (one worker per GPU); ``dask-nthreads=N`` ->
   ``dask_worker_nthreads``; ``dask-nworkers=N`` -> ``dask_worker_nworkers``;
   ``dask-memory-limit=SIZE`` -> ``dask_worker_memory_limit`` (``auto``, ``8GiB``, ``0.5``).
 """
@@ -138,7 +138,7 @@ class _OptionTag:
 # The worker options an instance's tags may carry: tag -> inventory variable.
 OPTION_TAGS: Mapping[str, _OptionTag] = MappingProxyType(
     {
-        "dask-gpus": _OptionTag("dask_worker_resources", _whole(0), "a whole number >= 0"),
+        "dask-gpus": _OptionTag("dask_worker_gpus", _whole(0), "a whole number >= 0"),
         "dask-nthreads": _OptionTag(
             "dask_worker_nthreads", _whole(0), "a whole number >= 0 (0: one per core)"
         ),
@@ -186,11 +186,16 @@ def _worker_vars(instance: Instance, problems: list[str]) -> dict[str, object]:
         value = option.read(raw.strip())
         if value is None:
             problems.append(f"{_label(instance)}: tag {tag!r} must be {option.what}, got {raw!r}")
-        elif option.var == "dask_worker_resources":
+        elif option.var == "dask_worker_gpus":
             if value:
-                found[option.var] = {"GPU": value}
+                found[option.var] = value
         else:
             found[option.var] = value
+    if "dask_worker_gpus" in found and "dask_worker_nworkers" in found:
+        problems.append(
+            f"{_label(instance)}: tags 'dask-gpus' and 'dask-nworkers' cannot both be set: a "
+            "GPU instance runs one worker per GPU"
+        )
     return found
 
 

@@ -2,8 +2,9 @@
 
 Reading and deciding are apart: ``read_partition`` runs ``sinfo`` (here, or on a login node
 over SSH) and ``parse_sinfo`` is a pure function of its output, tested on recorded output.
-Every node in service becomes a worker; GPUs from its GRES become the Dask worker resource
-``GPU``. Threads and memory are left to Dask, which uses all of a node's cores and memory.
+Every node in service becomes a worker; GPUs from its GRES become ``dask_worker_gpus``: one
+worker per GPU, each with the Dask resource ``GPU=1``. Threads and memory are left to Dask,
+which uses all of a node's cores and memory.
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def _entry(node: SlurmNode) -> HostEntry:
     return HostEntry(
         name=node.name,
         address=node.address if node.address != node.name else None,
-        vars={"dask_worker_resources": {"GPU": node.gpus}} if node.gpus else {},
+        vars={"dask_worker_gpus": node.gpus} if node.gpus else {},
         comment=_comment(node),
     )
 
@@ -294,9 +295,9 @@ def plan_partition(
     notes = (
         f"The nodes in service of Slurm partition '{partition}', as sinfo reported them "
         f"{where}; Slurm's CPUs, memory, GRES and state for each are in its comment.",
-        "Each worker uses all of its node's cores and memory (Dask's defaults); GPUs in a "
-        "node's GRES become the worker resource GPU, for client.submit(..., "
-        "resources={'GPU': 1}).",
+        "Each worker uses all of its node's cores and memory (Dask's defaults); a node with "
+        "GPUs in its GRES runs one worker per GPU (dask_worker_gpus), each with the resource "
+        "GPU=1, for client.submit(..., resources={'GPU': 1}).",
         "The Dask services run beside Slurm, not as Slurm jobs: Slurm does not count what "
         "they use, so give these nodes to Dask (a partition or a reservation of their own).",
     )
