@@ -52,7 +52,7 @@ from pydask_deploy.lab.rootfs import (
     ensure_rootfs,
 )
 from pydask_deploy.lab.services import start_registry, stop_services
-from pydask_deploy.lab.system import mounts_under, pid_alive, raise_sysctl
+from pydask_deploy.lab.system import inotify_instances, mounts_under, pid_alive, raise_sysctl
 from pydask_deploy.observe import remote
 
 __all__ = [
@@ -133,8 +133,9 @@ def lab_up(count: int, docker: bool, inventory_path: Path, config: LabConfig, sa
         ensure_docker_layer(config, say)
     config.wheelhouse.mkdir(parents=True, exist_ok=True)
     bridge_up(config)
-    # each booted systemd takes ~5 inotify instances from root's per-user limit (default 128)
-    raise_sysctl("fs.inotify.max_user_instances", 64 + 8 * count)
+    # each booted systemd takes ~5 inotify instances from root's per-user limit (default 128),
+    # which every lab on the machine shares: leave room above what is already taken
+    raise_sysctl("fs.inotify.max_user_instances", inotify_instances() + 64 + 8 * count)
 
     started = time.monotonic()
     services = dict(existing.services) if existing else {}
