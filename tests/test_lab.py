@@ -267,3 +267,54 @@ def test_a_record_from_before_releases_reads_as_bookworm(tmp_path: Path) -> None
     lab.config.record_path.write_text(json.dumps(data))
     read = lab_module.read_lab(lab.config)
     assert read is not None and read.hosts[0].release == "bookworm"
+
+
+# ------------------------------------------------------------------ shared directories
+
+
+def test_a_share_is_mounted_at_its_own_path_unless_told(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    assert lab_module.parse_share(str(data)) == lab_module.Share(str(data), str(data))
+    assert lab_module.parse_share(f"{data}:/srv/data/") == lab_module.Share(str(data), "/srv/data")
+    assert lab_module.parse_share(f"{data}:/srv/data").spec == f"{data}:/srv/data"
+    assert lab_module.parse_share(str(data)).spec == str(data)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{tmp}/nope", "'{tmp}/nope' is not a directory on this machine"),
+        ("{tmp}/file", "'{tmp}/file' is not a directory on this machine"),
+        (":/srv/data", "'' is not a directory on this machine"),
+        ("{tmp}:srv", "the mount point must be an absolute path other than /, got 'srv'"),
+        ("{tmp}:/", "the mount point must be an absolute path other than /, got '/'"),
+    ],
+)
+def test_a_bad_share_is_refused(tmp_path: Path, spec: str, message: str) -> None:
+    (tmp_path / "file").write_text("")
+    spec, message = spec.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    with pytest.raises(LabUsageError, match=re.escape(f"--share {spec}: {message}")):
+        lab_module.parse_share(spec)
+
+
+def test_lab_up_with_a_bad_share_exits_2_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYDASK_LAB_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(main, ["lab", "up", "--share", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "is not a directory on this machine" in result.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_record_and_the_inventory_keep_the_shares(tmp_path: Path) -> None:
+    share = lab_module.Share(str(tmp_path), "/srv/share")
+    lab = replace(make_lab(2, tmp_path), shares=(share,))
+    lab_module.write_record(lab)
+    assert lab_module.read_lab(lab.config) == lab
+    path = tmp_path / "lab.yml"
+    lab_module.write_inventory(lab, path)
+    text = " ".join(w for w in path.read_text().split() if w != "#")  # comments unwrapped
+    assert f"pydask-deploy lab up --hosts 2 --share {tmp_path}:/srv/share" in text
+    assert f"Every host mounts {tmp_path} of this machine at /srv/share" in text

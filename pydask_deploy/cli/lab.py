@@ -38,6 +38,14 @@ def lab() -> None:
     f"repeatable. Default {lab_module.SUITE}; known: {', '.join(lab_module.RELEASES)}.",
 )
 @click.option(
+    "--share",
+    "share_specs",
+    multiple=True,
+    metavar="DIR[:MOUNTPOINT]",
+    help="Bind-mount DIR of this machine into every host at MOUNTPOINT (default: the same "
+    "path), as an NFS mount would be; repeatable.",
+)
+@click.option(
     "-o",
     "--inventory",
     "inventory_path",
@@ -49,12 +57,18 @@ def lab() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 @reports_errors
 def lab_up_command(
-    count: int, docker: bool, release_specs: tuple[str, ...], inventory_path: Path, as_json: bool
+    count: int,
+    docker: bool,
+    release_specs: tuple[str, ...],
+    share_specs: tuple[str, ...],
+    inventory_path: Path,
+    as_json: bool,
 ) -> None:
     """Boot N lab hosts and write their inventory (the first host is the scheduler)."""
     config = lab_module.LabConfig.from_env()
     releases = lab_module.host_releases(count, release_specs) if count >= 1 else None
-    result = lab_module.lab_up(count, docker, inventory_path, config, say, releases)
+    shares = [lab_module.parse_share(spec) for spec in share_specs]
+    result = lab_module.lab_up(count, docker, inventory_path, config, say, releases, shares)
     if as_json:
         click.echo(json.dumps(_lab_json(result.hosts, inventory_path, result.registry)))
         return

@@ -37,8 +37,10 @@ from pydask_deploy.lab.config import (
     LabHost,
     Reboot,
     Say,
+    Share,
     describe_releases,
     host_releases,
+    parse_share,
 )
 from pydask_deploy.lab.hosts import (
     clean_state,
@@ -83,6 +85,7 @@ __all__ = [
     "LabHost",
     "Reboot",
     "Say",
+    "Share",
     "booted_lab",
     "bridge_up",
     "check_can_run",
@@ -99,6 +102,7 @@ __all__ = [
     "lab_reboot",
     "lab_status",
     "lab_up",
+    "parse_share",
     "read_lab",
     "running_hosts",
     "ssh_command",
@@ -132,9 +136,11 @@ def lab_up(
     config: LabConfig,
     say: Say,
     releases: Sequence[str] | None = None,
+    shares: Sequence[Share] = (),
 ) -> Lab:
     """Boot ``count`` hosts (idempotent for a lab of that size and kind) and write the
-    inventory; ``releases`` names each host's Debian release (default: all ``SUITE``)."""
+    inventory; ``releases`` names each host's Debian release (default: all ``SUITE``),
+    ``shares`` the directories of this machine every host mounts."""
     if not 1 <= count <= MAX_HOSTS:
         raise LabUsageError(f"--hosts must be between 1 and {MAX_HOSTS}, got {count}")
     wanted = tuple(releases) if releases else (SUITE,) * count
@@ -149,8 +155,14 @@ def lab_up(
     if existing is not None and running_hosts(existing):
         up = len(running_hosts(existing))
         have = tuple(h.release for h in existing.hosts)
-        if len(existing.hosts) != count or existing.docker != docker or have != wanted:
-            kind = " with --docker" if existing.docker else ""
+        if (
+            len(existing.hosts) != count
+            or existing.docker != docker
+            or have != wanted
+            or existing.shares != tuple(shares)
+        ):
+            flags = ["--docker"] * existing.docker + [f"--share {s.spec}" for s in existing.shares]
+            kind = f" with {' '.join(flags)}" if flags else ""
             raise LabUsageError(
                 f"a lab of {len(existing.hosts)} hosts{describe_releases(have)}{kind} is "
                 f"already up ({up} running); run `pydask-deploy lab down` first, then `lab up` "
@@ -185,7 +197,7 @@ def lab_up(
             continue
         release = wanted[index - 1]
         prepare_host(config, index, count, docker, release)
-        pid = start_host(config, index, docker, release)
+        pid = start_host(config, index, docker, release, shares)
         hosts.append(
             LabHost(
                 name=name, address=config.address_of(index), index=index, pid=pid, release=release
@@ -195,7 +207,12 @@ def lab_up(
     if docker and not pid_alive(services.get("registry", 0), "docker-registry"):
         services["registry"] = start_registry(config)
     lab = Lab(
-        config=config, hosts=tuple(hosts), docker=docker, registry=registry, services=services
+        config=config,
+        hosts=tuple(hosts),
+        docker=docker,
+        registry=registry,
+        services=services,
+        shares=tuple(shares),
     )
     write_record(lab)  # record PIDs first, so `lab down` can clean up a failed boot
 
@@ -218,7 +235,14 @@ def lab_up(
         )
         for h in hosts
     )
-    lab = Lab(config=config, hosts=booted, docker=docker, registry=registry, services=services)
+    lab = Lab(
+        config=config,
+        hosts=booted,
+        docker=docker,
+        registry=registry,
+        services=services,
+        shares=tuple(shares),
+    )
     write_record(lab)
     bad = [h for h in booted if h.state not in ("running", "degraded")]
     write_inventory(lab, inventory_path)
@@ -328,7 +352,7 @@ def lab_reboot(
             reset_host(config, host.name)
             mount_overlay(config, host.name, lab.docker, host.release)
             booting[host.name] = time.monotonic()
-            pid = start_host(config, host.index, lab.docker, host.release)
+            pid = start_host(config, host.index, lab.docker, host.release, lab.shares)
             hosts[host.name] = replace(host, pid=pid, state="booting")
     finally:
         # record the new PIDs even when a start fails, so that `lab down` finds every host
@@ -374,9 +398,10 @@ def booted_lab(
     docker: bool = False,
     say: Say = print,
     releases: Sequence[str] | None = None,
+    shares: Sequence[Share] = (),
 ) -> Iterator[Lab]:
     """Boot a lab for the duration of a block and always tear it down (test fixtures)."""
     try:
-        yield lab_up(count, docker, inventory_path, config, say, releases)
+        yield lab_up(count, docker, inventory_path, config, say, releases, shares)
     finally:
         lab_down(config, say)

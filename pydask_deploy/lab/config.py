@@ -117,14 +117,46 @@ class LabHost:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A directory of this machine bind-mounted into every host at ``mountpoint``, as an NFS
+    mount would be on a real cluster (``lab up --share DIR[:MOUNTPOINT]``)."""
+
+    source: str
+    mountpoint: str
+
+    @property
+    def spec(self) -> str:
+        """As ``--share`` takes it: ``DIR`` when it is mounted at the same path."""
+        return self.source if self.source == self.mountpoint else f"{self.source}:{self.mountpoint}"
+
+
+def parse_share(spec: str) -> Share:
+    """A ``--share DIR[:MOUNTPOINT]`` value: ``DIR`` must be a directory here (made absolute);
+    ``MOUNTPOINT`` an absolute path, by default ``DIR``'s. ``LabUsageError`` says why not."""
+    source, _, mountpoint = spec.partition(":")
+    where = Path(source).expanduser()
+    if not source or not where.is_dir():
+        raise LabUsageError(f"--share {spec}: {source!r} is not a directory on this machine")
+    source = str(where.resolve())
+    mountpoint = mountpoint or source
+    if not mountpoint.startswith("/") or ":" in mountpoint or mountpoint.rstrip("/") == "":
+        raise LabUsageError(
+            f"--share {spec}: the mount point must be an absolute path other than /, "
+            f"got {mountpoint!r}"
+        )
+    return Share(source, mountpoint.rstrip("/"))
+
+
+@dataclass(frozen=True)
 class Lab:
-    """A lab as recorded on disk: its hosts, and whether they can run Docker."""
+    """A lab as recorded on disk: its hosts, whether they can run Docker, what they share."""
 
     config: LabConfig
     hosts: tuple[LabHost, ...]
     docker: bool = False
     registry: str | None = None
     services: dict[str, int] = field(default_factory=dict)
+    shares: tuple[Share, ...] = ()
 
 
 @dataclass(frozen=True)

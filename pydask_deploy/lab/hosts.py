@@ -24,6 +24,7 @@ from pydask_deploy.lab.config import (
     UNIFIED_CGROUP_RELEASES,
     LabConfig,
     LabHost,
+    Share,
 )
 from pydask_deploy.lab.record import host_marker
 from pydask_deploy.lab.system import make_key, mounts_under, pid_alive, run, unmount
@@ -136,8 +137,15 @@ def _machine_name(config: LabConfig, name: str) -> str:
     return f"{config.bridge}-{name}"
 
 
-def start_host(config: LabConfig, index: int, docker: bool, release: str = SUITE) -> int:
-    """Start the host's nspawn in its own cgroup; return the nspawn PID."""
+def start_host(
+    config: LabConfig,
+    index: int,
+    docker: bool,
+    release: str = SUITE,
+    shares: Sequence[Share] = (),
+) -> int:
+    """Start the host's nspawn in its own cgroup, with the lab's shared directories bound
+    in; return the nspawn PID."""
     name = f"h{index}"
     d = config.run_dir / name
     cgroups = _cgroup_dirs(config, name)
@@ -164,6 +172,8 @@ def start_host(config: LabConfig, index: int, docker: bool, release: str = SUITE
         "--link-journal=no",
         "--console=read-only",
         f"--network-bridge={config.bridge}",
+        # the same directory of this machine in every host, read and written through
+        *(f"--bind={share.source}:{share.mountpoint}" for share in shares),
     ]
     env = dict(os.environ)
     if docker or release in UNIFIED_CGROUP_RELEASES:

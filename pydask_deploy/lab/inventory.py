@@ -29,6 +29,7 @@ def inventory_spec(lab: Lab) -> ClusterSpec:
     """The lab as a cluster to write: first host schedules, the rest work."""
     first, *rest = lab.hosts
     flags = release_flags([h.release for h in lab.hosts]) + (" --docker" if lab.docker else "")
+    flags += "".join(f" --share {share.spec}" for share in lab.shares)
     workers = rest or [first]  # a one-host lab runs the scheduler and a worker together
     common_vars: dict[str, object] = {
         "ansible_user": "root",
@@ -46,6 +47,13 @@ def inventory_spec(lab: Lab) -> ClusterSpec:
         notes=(
             "The lab's hosts reach nothing but this machine: `dask_wheelhouse` has the "
             "controller download the wheels and ship them.",
+            *(
+                f"Every host mounts {share.source} of this machine at {share.mountpoint}, as "
+                "an NFS mount would be; the workers read it once it is in "
+                "`dask_worker_read_only_paths` and write it once in "
+                "`dask_worker_read_write_paths`."
+                for share in lab.shares
+            ),
         ),
         preamble=PREAMBLE,
     )

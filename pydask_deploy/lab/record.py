@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from pydask_deploy.lab.config import Lab, LabConfig, LabHost
+from pydask_deploy.lab.config import Lab, LabConfig, LabHost, Share
 from pydask_deploy.lab.system import pid_alive
 
 
@@ -25,6 +25,7 @@ def read_lab(config: LabConfig) -> Lab | None:
         docker=bool(data.get("docker")),
         registry=data.get("registry"),
         services={k: int(v) for k, v in data.get("services", {}).items()},
+        shares=tuple(Share(**s) for s in data.get("shares", [])),
     )
 
 
@@ -36,6 +37,7 @@ def write_record(lab: Lab) -> None:
         "docker": lab.docker,
         "registry": lab.registry,
         "services": lab.services,
+        "shares": [asdict(s) for s in lab.shares],
         "bridge": lab.config.bridge,
         "subnet": str(lab.config.subnet),
     }
