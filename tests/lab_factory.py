@@ -164,13 +164,20 @@ class LabFactory:
         docker: bool = False,
         inventory: Path | None = None,
         releases: Sequence[str] | None = None,
+        shares: Sequence[str] = (),
     ) -> Iterator[BootedLab]:
         """Boot ``count`` hosts (of ``releases``, one per host; default all bookworm) on a
-        claimed slot; torn down and released on leaving."""
+        claimed slot; torn down and released on leaving. Each of ``shares`` names a directory
+        made in the slot's state directory (it goes with the slot) and shared into every host
+        at the same path, as ``lab up --share`` does."""
         with self.claim() as config:
             path = inventory or self.tmp_path_factory.mktemp(config.bridge) / "lab.yml"
+            shared = []
+            for name in shares:
+                (config.state_dir / name).mkdir(parents=True)
+                shared.append(lab_module.parse_share(str(config.state_dir / name)))
             with lab_module.booted_lab(
-                count, path, config, docker=docker, releases=releases
+                count, path, config, docker=docker, releases=releases, shares=shared
             ) as lab:
                 yield BootedLab(lab, path)
 

@@ -69,6 +69,7 @@ def test_by_default_the_workers_read_home_directories_and_no_device() -> None:
     assert lines(unit, "DevicePolicy") == lines(unit, "DeviceAllow") == []
     assert lines(unit, "RemoveIPC") == ["yes"]  # an account apply made
     assert lines(unit, "Group") == ["dask"]
+    assert lines(unit, "After") == ["network-online.target remote-fs.target"]
 
 
 def test_declared_paths_may_be_missing_and_keep_their_percent_signs() -> None:

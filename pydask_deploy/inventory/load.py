@@ -568,6 +568,11 @@ def _worker_problems(host: Host, setting: Callable[[str], object]) -> list[str]:
                     f"`{key}` has {item!r}, which overlaps `{own_key}` ({own_value}); the "
                     "role gives the workers what they need there: leave it out"
                 )
+    if declared and setting("dask_runtime") == "docker":
+        found.append(
+            "data paths need the venv or conda runtime: a docker worker sees only what is "
+            "mounted into its container, which pydask-deploy does not do for them"
+        )
     hidden = setting("dask_worker_protect_home")
     if protect_home(hidden) in ("yes", "tmpfs"):
         for path, (key, item) in declared.items():
