@@ -393,3 +393,29 @@ def test_a_damaged_lock_file_names_itself(channel: tuple[Path, str], tmp_path: P
     lock_file.write_text(lock_file.read_text().replace("sha256: ", "sha256: 00", 1))
     with pytest.raises(CondaError, match=r"prod-conda-lock\.yml"):
         prepare(inventory)
+
+
+def test_the_plan_ships_the_staged_environment_and_a_new_lock_means_not_in_sync(
+    channel: tuple[Path, str], tmp_path: Path
+) -> None:
+    from pydask_deploy import contract
+    from pydask_deploy.deploy import insync
+    from pydask_deploy.deploy.plan import plan_apply
+
+    _, url = channel
+    inventory_file = write_inventory(tmp_path, url, ["distributed"])
+    inventory = load_inventory(inventory_file)
+    runtime = conda.prepare_conda(inventory)
+    assert runtime is not None
+    plan = plan_apply(inventory, conda=runtime)
+    shipped = plan.extravars[contract.EXTRA_CONDA]
+    assert isinstance(shipped, dict) and set(shipped) == {"h1", "h2"}
+    assert shipped["h2"]["tarball"] == str(runtime.environments[0].tarball)
+
+    host = inventory.host("h2")
+    shared = insync.shared_inputs(inventory)
+    before = insync.fingerprint(inventory, host, shared, None)
+    assert insync.fingerprint(inventory, host, shared, None) == before
+    lock = runtime.lock_file
+    lock.write_text(lock.read_text() + "# a new solve\n")
+    assert insync.fingerprint(inventory, host, shared, None) != before

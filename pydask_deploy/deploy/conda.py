@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pydask_deploy import contract
 from pydask_deploy.errors import CondaChannelError, CondaError
 from pydask_deploy.inventory import Host, Inventory
 
@@ -571,7 +572,7 @@ class CondaRuntime:
     def extravars(self) -> dict[str, object]:
         """What the role needs per host: the env id, its final path, the tarball here."""
         return {
-            "__dask_conda": {
+            contract.EXTRA_CONDA: {
                 host: {"id": env.id, "path": env.final_path, "tarball": str(env.tarball)}
                 for env in self.environments
                 for host in env.hosts
