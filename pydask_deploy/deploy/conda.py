@@ -174,8 +174,11 @@ def read_environment_file(path: Path, dask_version: str) -> EnvironmentFile:
 
 
 def inputs_hash(environment_bytes: bytes, dask_version: str) -> str:
-    """The hash the lock carries of what it was solved from (the role computes it alike)."""
-    return hashlib.sha256(environment_bytes + b"\0" + dask_version.encode()).hexdigest()
+    """The hash the lock carries of what it was solved from. The role computes the same
+    (``(dask_version ~ ':' ~ (file | hash('sha256'))) | hash('sha256')``) to tell a plain
+    ansible-playbook run that the lock is out of date."""
+    inner = hashlib.sha256(environment_bytes).hexdigest()
+    return hashlib.sha256(f"{dask_version}:{inner}".encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- the lock
