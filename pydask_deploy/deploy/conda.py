@@ -28,11 +28,13 @@ cluster pay for it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -507,9 +509,26 @@ def _name_origins(stage: Path, packages: Sequence[LockedPackage]) -> None:
         meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def _compile_bytecode(prefix: Path, final_path: str) -> None:
+    """Compile the env's Python bytecode here, for its final path, when its Python runs on
+    this machine. Conda installers compile ``noarch: python`` packages at link time, and the
+    hosts could not write the bytecode later (the env is root's, the units run as dask): an
+    env without it compiles every module in memory at every start. Elsewhere (another
+    platform) the role compiles on the host; a failure here leaves that to the host too."""
+    python = prefix / "bin" / "python"
+    if not python.is_file():
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [str(python), "-m", "compileall", "-q", "-j", "0", "-s", str(prefix),
+             "-p", final_path, str(prefix / "lib")],
+            check=False, capture_output=True, timeout=600,
+        )  # fmt: skip
+
+
 def stage(cache: Path, lock: PlatformLock, final_path: str, target: Path) -> None:
     """Build the environment for ``final_path`` and write it as the tarball ``target``."""
-    from rattler import install
+    from rattler import Subdir, install
 
     work = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
     try:
@@ -528,6 +547,8 @@ def stage(cache: Path, lock: PlatformLock, final_path: str, target: Path) -> Non
 
         asyncio.run(build())
         _name_origins(prefix, lock.packages)
+        if lock.platform == str(Subdir.current()):
+            _compile_bytecode(prefix, final_path)
         (prefix / "CACHEDIR.TAG").unlink(missing_ok=True)  # rattler's, not the env's
         partial = work / target.name
         # gzip level 1: the tarball crosses the network to each host once; speed matters
