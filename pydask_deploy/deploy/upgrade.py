@@ -32,6 +32,7 @@ from pydask_deploy import contract
 from pydask_deploy.contract import worker_units
 from pydask_deploy.deploy import insync
 from pydask_deploy.deploy.apply import check_ca, check_python, prepare_tls
+from pydask_deploy.deploy.conda import CondaRuntime, prepare_conda
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply, plan_restart
 from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, interrupted, run_playbook
@@ -212,7 +213,7 @@ def _wanted_version(inventory: Inventory) -> dict[str, str]:
         variables = inventory.dask_vars(host)
         runtime = variables.get("dask_runtime")
         image = str(variables.get("dask_docker_image", ""))
-        if runtime == "venv" or (runtime == "docker" and "dask_version" in image):
+        if runtime in ("venv", "conda") or (runtime == "docker" and "dask_version" in image):
             wanted[host.name] = str(variables.get("dask_version"))
     return wanted
 
@@ -324,6 +325,7 @@ class _Upgrade:
     version: str
     addresses: Mapping[str, frozenset[str]]
     settings: Mapping[str, object] = field(default_factory=dict)
+    conda: CondaRuntime | None = None
     scheduler_staged: bool = False
 
     def stage(self, hosts: Sequence[Host]) -> tuple[RunResult, _UnitChanges]:
@@ -334,6 +336,7 @@ class _Upgrade:
             limit=",".join(h.name for h in hosts),
             extravars={contract.EXTRA_DEFER_RESTART: True},
             pki=self.pki,
+            conda=self.conda,
         )
         result = run_playbook(plan, changes)
         if self.inventory.scheduler.name in changes.scheduler:
@@ -597,6 +600,10 @@ def _start(
     outputs, _ = insync.read_hosts(inventory, inventory.hosts, with_state=False)
     check_python(inventory, outputs)  # before anything changes, the inventory file included
     check_ca(inventory, outputs)
+    # solved (and the lock rewritten) before the inventory is: bad input changes nothing
+    conda = prepare_conda(inventory, say=say)
+    if conda is not None:
+        say(f"conda: {conda.summary()}")
     if edit is not None:
         edit.write()
         note = "" if edit.kept_comments else " (rewritten through PyYAML: comments dropped)"
@@ -610,7 +617,7 @@ def _start(
     addresses = {name: host.addresses for name, host in reading.hosts.items()}
     return _Upgrade(
         inventory, session, dial, options, say, on_progress, pki, running, addresses,
-        settings=settings,
+        settings=settings, conda=conda,
     )  # fmt: skip
 
 
