@@ -59,7 +59,7 @@ LAST_SITE_TASK = "Remove the in-sync record while restarts are deferred."
 # In dask_config_dir: the in-sync record the last tasks of site.yml write (deploy/insync.py).
 RECORD_NAME = ".pydask-deploy-applied"
 # In dask_config_dir: the directory with the cluster CA's certificate, the host's
-# certificate and key (the roles' __dask_tls_dir), and the CA certificate's name there.
+# certificate and key (the role's __dask_tls_dir), and the CA certificate's name there.
 TLS_DIR = "tls"
 CA_CERT = "ca.crt"
 # In each runtime's directory: written once the runtime is completely installed.
