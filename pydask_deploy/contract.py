@@ -1,12 +1,20 @@
 """Every name Python shares with ``roles/`` and ``playbooks/``, in one place.
 
-The roles are YAML and Jinja; Python starts them, waits for their tasks, reads what they leave
-on the hosts and passes them extra variables. Each such name is written here once and
-imported wherever Python needs it; ``tests/test_contract.py`` reads the YAML under ``roles/``
-and ``playbooks/`` and fails when the two drift apart.
+The role and the playbooks are YAML and Jinja; Python starts them, waits for their tasks,
+reads what they leave on the hosts and passes them extra variables. Each such name is written
+here once and imported wherever Python needs it; ``tests/test_contract.py`` reads the YAML
+under ``roles/`` and ``playbooks/`` and fails when the two drift apart.
 """
 
 from __future__ import annotations
+
+# --------------------------------------------------------------------------- the role
+
+# The one role the playbooks run (``roles/dask``): one role, so that every variable users set
+# carries its name as prefix (``dask_*``), as ansible-lint's production profile asks.
+ROLE = "dask"
+# Under ``roles/``: every variable an inventory may set, with its default.
+ROLE_DEFAULTS = f"{ROLE}/defaults/main.yml"
 
 # --------------------------------------------------------------------------- inventory groups
 
@@ -29,12 +37,12 @@ UNIT_RUNTIME_COMMENT = "# runtime: "
 
 
 def unit_file(unit: str) -> str:
-    """The unit's file name, as systemd and the roles name it: ``dask-worker.service``."""
+    """The unit's file name, as systemd and the role name it: ``dask-worker.service``."""
     return f"{unit}.service"
 
 
 def unit_path(unit: str) -> str:
-    """Where the roles install the unit: ``/etc/systemd/system/dask-worker.service``."""
+    """Where the role installs the unit: ``/etc/systemd/system/dask-worker.service``."""
     return f"{UNIT_DIR}/{unit_file(unit)}"
 
 
@@ -51,7 +59,7 @@ LAST_SITE_TASK = "Remove the in-sync record while restarts are deferred."
 # In dask_config_dir: the in-sync record the last tasks of site.yml write (deploy/insync.py).
 RECORD_NAME = ".pydask-deploy-applied"
 # In dask_config_dir: the directory with the cluster CA's certificate, the host's
-# certificate and key (the roles' __dask_tls_dir), and the CA certificate's name there.
+# certificate and key (the role's __dask_tls_dir), and the CA certificate's name there.
 TLS_DIR = "tls"
 CA_CERT = "ca.crt"
 # In each runtime's directory: written once the runtime is completely installed.
@@ -73,7 +81,7 @@ EXTRA_REMOVE_USER = "__dask_remove_user"  # destroy --remove-user
 # --------------------------------------------------------------------------- defaults Python reads
 
 # Role variables whose values Python reads (through ``Inventory.dask_vars``, which lays the
-# inventory over the roles' defaults); each must have a default in the roles.
+# inventory over the role's defaults); each must have a default in ``ROLE_DEFAULTS``.
 VARIABLES_READ = (
     "dask_user",
     "dask_base_dir",
@@ -100,7 +108,7 @@ VARIABLES_READ = (
 
 # The scheduler's address when ``dask_scheduler_address`` is empty: the ``ansible_host`` of
 # the first host of the scheduler group, else its inventory name. Python computes it in
-# ``observe/connection.py``; the roles compute it with this expression.
+# ``observe/connection.py``; the role computes it with this expression.
 SCHEDULER_ADDRESS_FALLBACK = (
     "hostvars[groups['dask_scheduler'][0]]['ansible_host'] | default(groups['dask_scheduler'][0])"
 )

@@ -25,7 +25,7 @@ def playbook_path(name: str) -> Path:
 
 
 def roles_path() -> Path:
-    """Return the directory holding the shipped roles."""
+    """Return the directory holding the shipped role (``ANSIBLE_ROLES_PATH``)."""
     return ansible_dir() / "roles"
 
 

@@ -46,10 +46,7 @@ def _all_tasks() -> list[dict[str, Any]]:
 
 
 def _role_vars() -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for path in roles_path().glob("*/vars/main.y*ml"):
-        merged.update(_load(path) or {})
-    return merged
+    return dict(_load(roles_path() / contract.ROLE / "vars" / "main.yml") or {})
 
 
 def _text(root: Path, pattern: str = "*") -> str:
@@ -71,6 +68,26 @@ def test_the_plays_run_on_the_two_groups() -> None:
         assert [p["hosts"] for p in plays] == [
             f"{contract.SCHEDULER_GROUP}:{contract.WORKERS_GROUP}"
         ], name
+
+
+def test_the_playbooks_run_the_one_role() -> None:
+    assert sorted(p.name for p in roles_path().iterdir() if p.is_dir()) == [contract.ROLE]
+    (site,) = _load(playbook_path(contract.SITE_PLAYBOOK))
+    assert site["roles"] == [{"role": contract.ROLE}]
+    (destroy,) = _load(playbook_path(contract.DESTROY_PLAYBOOK))
+    imported = [t["ansible.builtin.import_role"] for t in destroy["tasks"]]
+    assert imported == [{"name": contract.ROLE, "tasks_from": "destroy"}]
+
+
+def test_the_scheduler_and_worker_parts_run_on_their_groups() -> None:
+    main = _load(roles_path() / contract.ROLE / "tasks" / "main.yml")
+    gates = {t["ansible.builtin.import_tasks"]: t.get("when") for t in main}
+    assert gates == {
+        "common.yml": None,
+        "runtime.yml": None,
+        "scheduler.yml": f"inventory_hostname in groups['{contract.SCHEDULER_GROUP}']",
+        "worker.yml": f"inventory_hostname in groups['{contract.WORKERS_GROUP}']",
+    }
 
 
 @pytest.mark.parametrize("task", [contract.SCHEDULER_UNIT_TASK, contract.WORKER_UNIT_TASK])
@@ -129,7 +146,7 @@ def test_every_extra_variable_is_read_by_the_yaml(name: str) -> None:
 
 def test_every_variable_python_reads_has_a_role_default() -> None:
     missing = sorted(set(contract.VARIABLES_READ) - set(role_defaults()))
-    assert not missing, f"no default in roles/*/defaults for {missing}"
+    assert not missing, f"no default in roles/{contract.ROLE_DEFAULTS} for {missing}"
 
 
 def test_the_scheduler_address_fallback_is_the_roles_one() -> None:

@@ -39,7 +39,7 @@ def test_plan_destroy_runs_the_destroy_playbook(tmp_path: Path) -> None:
     assert plan.limit is None and not plan.check
 
 
-@pytest.mark.parametrize("playbook", ["destroy.yml", "restart.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "destroy.yml", "restart.yml"])
 def test_playbooks_parse(tmp_path: Path, playbook: str) -> None:
     path = tmp_path / "inv.yml"
     path.write_text(_INVENTORY)

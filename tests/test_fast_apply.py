@@ -85,7 +85,7 @@ def test_fingerprint_changes_with_the_roles(tmp_path: Path) -> None:
     path = _inventory(tmp_path)
     before = _fingerprints(path, tree)
     assert before == _fingerprints(path, ansible_dir())
-    template = tree / "roles/dask_worker/templates/dask-worker.service.j2"
+    template = tree / "roles/dask/templates/dask-worker.service.j2"
     template.write_text(template.read_text() + "# a new line\n")
     after = _fingerprints(path, tree)
     assert all(after[n] != before[n] for n in before)

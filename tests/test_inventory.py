@@ -230,15 +230,13 @@ def test_dask_vars_fall_back_to_role_defaults() -> None:
 
 
 def _role_defaults() -> dict[str, object]:
-    defaults: dict[str, object] = {}
-    for path in sorted(roles_path().glob("*/defaults/main.yml")):
-        defaults.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    return defaults
+    path = roles_path() / "dask/defaults/main.yml"
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
 
 def test_every_role_default_has_a_type() -> None:
     defaults = _role_defaults()
-    assert defaults, f"no roles/*/defaults/main.yml under {roles_path()}"
+    assert defaults, f"no roles/dask/defaults/main.yml under {roles_path()}"
     missing = sorted(k for k in defaults if k.startswith("dask_") and k not in VAR_TYPES)
     assert not missing, f"add these to VAR_TYPES in pydask_deploy/inventory/load.py: {missing}"
 

@@ -51,7 +51,7 @@ def apply_command(
     """Converge every host of INVENTORY into the Dask cluster it declares.
 
     Validates the inventory first (nothing is touched when it is wrong, exit 2), then runs
-    the roles with Ansible. Safe to run again: a converged cluster reports 0 changed.
+    the role with Ansible. Safe to run again: a converged cluster reports 0 changed.
     Hosts whose last apply recorded today's inputs, and whose unit files, config, TLS
     files, runtime and units are as that apply left them (one SSH round checks), are left
     out; --full runs them too. Exit 1 when a host failed or was unreachable; the others

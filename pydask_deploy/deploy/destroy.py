@@ -1,6 +1,6 @@
 """Remove a Dask cluster from its hosts: what ``pydask-deploy destroy`` runs.
 
-Ansible does the work (``playbooks/destroy.yml``, the roles' ``tasks/destroy.yml``): stop and
+Ansible does the work (``playbooks/destroy.yml``, the role's ``tasks/destroy.yml``): stop and
 disable the units, remove them, the runtimes, ``dask_config_dir`` and ``dask_data_dir``, and
 optionally the ``dask`` user. A later ``apply`` starts from a clean host. The cluster's
 certificates beside the inventory are kept, so that a later ``apply`` reuses the same CA.

@@ -53,7 +53,7 @@ UNIT_DIR = contract.UNIT_DIR
 _PATH_VARS = ("dask_base_dir", "dask_config_dir", "dask_data_dir", "dask_user")
 _JINJA = re.compile(r"{{|{%|{#")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# Controller files the roles copy or read, hashed into the fingerprint: (variable, whole).
+# Controller files the role copies or reads, hashed into the fingerprint: (variable, whole).
 # A whole file is hashed; a large one (an image tarball, an installer) by size and mtime.
 _CONTROLLER_FILES = (
     ("dask_conda_environment_file", True),

@@ -68,8 +68,8 @@ def plan_apply(
 ) -> Plan:
     """The plan of ``pydask-deploy apply``: converge every host with ``playbooks/site.yml``.
 
-    With ``pki`` (TLS on) the roles copy the certificates from its directory; in check mode,
-    certificates it would issue are not made yet, and the roles are told so.
+    With ``pki`` (TLS on) the role copies the certificates from its directory; in check mode,
+    certificates it would issue are not made yet, and the role is told so.
     """
     forks = forks_for(len(inventory.hosts))
     extravars = dict(extravars or {})

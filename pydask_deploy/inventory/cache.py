@@ -5,7 +5,7 @@ VariableManager) takes about half a second: most of what ``status`` or ``logs`` 
 the first byte goes to a host. The result depends only on files and settings, so it is kept
 under a key made of all of them: the inventory file's bytes, every file under the
 ``group_vars/`` and ``host_vars/`` directories beside it and beside the shipped playbooks,
-the roles' defaults, the code that validates, the versions of pydask-deploy and Ansible,
+the role's defaults, the code that validates, the versions of pydask-deploy and Ansible,
 and every ``ANSIBLE_*`` environment variable. Any change to one of them is a different key:
 nothing is ever stale.
 
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydask_deploy import __version__
+from pydask_deploy import __version__, contract
 from pydask_deploy.resources import playbook_path, roles_path
 
 FORMAT = 1  # bump when the stored document changes shape
@@ -74,7 +74,7 @@ def cache_key(path: Path) -> str | None:
     for base in (inventory.parent, playbook_path("site.yml").parent):
         for sub in ("group_vars", "host_vars"):
             sources += _files_under(base / sub)
-    sources += sorted(roles_path().glob("*/defaults/main.y*ml"))
+    sources.append(roles_path() / contract.ROLE_DEFAULTS)
     for source in sources:
         try:
             content = source.read_bytes()

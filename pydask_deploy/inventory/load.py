@@ -541,7 +541,7 @@ def load_inventory(path: str | Path) -> Inventory:
     """Read and validate an inventory; raise ``InventoryError`` listing every problem.
 
     No SSH and no network: this reads the inventory file, the ``group_vars/`` and
-    ``host_vars/`` beside it and the shipped roles' defaults.
+    ``host_vars/`` beside it and the shipped role's defaults.
     """
     shown = str(path)
     path = Path(path)

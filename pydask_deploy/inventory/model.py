@@ -33,8 +33,8 @@ class Host:
 class Inventory:
     """A validated inventory: one scheduler and zero or more workers.
 
-    ``defaults`` are the ``dask_*`` defaults of the shipped roles; ``dask_vars`` lays a
-    host's inventory values over them, which is what the roles will see (before Jinja).
+    ``defaults`` are the ``dask_*`` defaults of the shipped role; ``dask_vars`` lays a
+    host's inventory values over them, which is what the role will see (before Jinja).
     """
 
     path: Path

@@ -1,7 +1,7 @@
 """Every ``dask_*`` variable pydask-deploy knows, and what each value must be.
 
 A check returns None when a value is fine, else what it must be (``must be ...``); the
-loader (``load.py``) names the file, the key and the value around it. The roles' defaults
+loader (``load.py``) names the file, the key and the value around it. The role's defaults
 (``role_defaults``) are the other half: every variable there has a check here
 (``tests/test_inventory.py``).
 """
@@ -15,6 +15,7 @@ from typing import TypeAlias
 
 import yaml
 
+from pydask_deploy import contract
 from pydask_deploy.resources import roles_path
 
 
@@ -176,17 +177,17 @@ def _timeout(value: object) -> str | None:
 _any_string = _string
 _positive_int = _int_at_least(1, "a positive integer")
 
-# The type of every known ``dask_*`` variable. A variable in a role's defaults/main.yml must
+# The type of every known ``dask_*`` variable. A variable in roles/dask/defaults/main.yml must
 # have an entry here (tests/test_inventory.py checks it); add new ones next to their kin.
 VAR_TYPES: Mapping[str, Check] = MappingProxyType(
     {
-        # dask_common
+        # service account and directories
         "dask_user": _matching(_POSIX_NAME, "a user name such as 'dask'"),
         "dask_group": _matching(_POSIX_NAME, "a group name such as 'dask'"),
         "dask_base_dir": _absolute_path(empty_ok=False),
         "dask_config_dir": _absolute_path(empty_ok=False),
         "dask_data_dir": _absolute_path(empty_ok=False),
-        # dask_runtime
+        # runtime
         "dask_version": _version,
         "dask_runtime": _choice("venv", "conda", "docker"),
         "dask_python_packages": _string_list,
@@ -202,14 +203,14 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
         "dask_docker_image": _image,
         "dask_docker_image_tarball": _any_string,
         "dask_docker_install": _boolean,
-        # dask_scheduler
+        # scheduler
         "dask_scheduler_address": _any_string,
         "dask_scheduler_host": _any_string,
         "dask_scheduler_port": _port,
         "dask_dashboard_port": _port,
         "dask_dashboard_address": _any_string,
         "dask_scheduler_extra_args": _string_list,
-        # dask_worker
+        # workers
         "dask_worker_nworkers": _positive_int,
         "dask_worker_nthreads": _int_at_least(0, "a positive integer"),  # 0: one per core
         "dask_worker_memory_limit": _memory_limit,
@@ -256,17 +257,14 @@ MAGIC_VARS = frozenset(
 
 
 def role_defaults() -> dict[str, object]:
-    """Return the defaults of the shipped roles (``roles/*/defaults/main.yml``), merged."""
-    defaults: dict[str, object] = {}
-    for role in sorted(roles_path().glob("*/defaults/main.y*ml")):
-        try:
-            data = yaml.safe_load(role.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:  # a broken role is a bug, not bad input
-            raise RuntimeError(f"cannot read role defaults {role}: {exc}") from exc
-        if isinstance(data, dict):
-            for key, value in data.items():
-                defaults.setdefault(str(key), value)
-    return defaults
+    """Return the shipped role's defaults (``roles/dask/defaults/main.yml``): every variable
+    an inventory may set, with the value the role uses when it is not set."""
+    path = roles_path() / contract.ROLE_DEFAULTS
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:  # a broken role is a bug, not bad input
+        raise RuntimeError(f"cannot read role defaults {path}: {exc}") from exc
+    return {str(key): value for key, value in data.items()} if isinstance(data, dict) else {}
 
 
 def known_variables() -> frozenset[str]:

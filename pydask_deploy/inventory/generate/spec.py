@@ -82,7 +82,7 @@ def connection_vars(user: str | None, key_file: str | None, jump: str | None) ->
     "Permission denied" on every host); it is written as given, so ``~`` stays portable.
 
     No ``ansible_become``: the playbook already runs with become, and ``status``/``logs`` use
-    ``sudo -n`` for any login user but root. (Were it set, the roles' controller-side tasks
+    ``sudo -n`` for any login user but root. (Were it set, the role's controller-side tasks
     still turn it off with a task variable, which outranks the inventory.)
     """
     found: dict[str, object] = {}
