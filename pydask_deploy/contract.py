@@ -77,6 +77,7 @@ EXTRA_INSYNC = "__dask_insync"  # per host: fingerprint, record path, state scri
 EXTRA_DEFER_RESTART = "__dask_defer_restart"  # upgrade stages: write units, restart nothing
 EXTRA_RESTART_UNITS = "__dask_restart_units"  # restart.yml: which units, by role
 EXTRA_REMOVE_USER = "__dask_remove_user"  # destroy --remove-user
+EXTRA_CONDA = "__dask_conda"  # per conda host: env id, final path, the staged tarball here
 
 # --------------------------------------------------------------------------- defaults Python reads
 
@@ -92,7 +93,8 @@ VARIABLES_READ = (
     "dask_docker_image",
     "dask_docker_image_tarball",
     "dask_conda_environment_file",
-    "dask_conda_installer_file",
+    "dask_conda_platform",
+    "dask_conda_cache_dir",
     "dask_scheduler_address",
     "dask_scheduler_host",
     "dask_scheduler_port",

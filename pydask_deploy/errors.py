@@ -59,3 +59,13 @@ class Interrupted(DeployError):
     running the same command again completes the job."""
 
     exit_code = 130
+
+
+class CondaError(UsageError):
+    """A conda environment that cannot be made as written: an environment file, a spec, a
+    channel without packages for the hosts' platform, a package whose hash does not match
+    its lock (names the file, the spec or the package): exit 2, no host touched."""
+
+
+class CondaChannelError(DeployError):
+    """A conda channel (or a package on it) could not be reached: exit 1, no host touched."""

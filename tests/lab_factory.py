@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -158,12 +158,20 @@ class LabFactory:
 
     @contextlib.contextmanager
     def boot(
-        self, count: int, *, docker: bool = False, inventory: Path | None = None
+        self,
+        count: int,
+        *,
+        docker: bool = False,
+        inventory: Path | None = None,
+        releases: Sequence[str] | None = None,
     ) -> Iterator[BootedLab]:
-        """Boot ``count`` hosts on a claimed slot; torn down and released on leaving."""
+        """Boot ``count`` hosts (of ``releases``, one per host; default all bookworm) on a
+        claimed slot; torn down and released on leaving."""
         with self.claim() as config:
             path = inventory or self.tmp_path_factory.mktemp(config.bridge) / "lab.yml"
-            with lab_module.booted_lab(count, path, config, docker=docker) as lab:
+            with lab_module.booted_lab(
+                count, path, config, docker=docker, releases=releases
+            ) as lab:
                 yield BootedLab(lab, path)
 
     def close(self) -> None:

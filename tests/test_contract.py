@@ -137,6 +137,7 @@ def test_the_in_sync_record_and_the_runtime_marker() -> None:
         contract.EXTRA_DEFER_RESTART,
         contract.EXTRA_RESTART_UNITS,
         contract.EXTRA_REMOVE_USER,
+        contract.EXTRA_CONDA,
     ],
 )
 def test_every_extra_variable_is_read_by_the_yaml(name: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from click.testing import CliRunner
 from pydask_deploy import lab as lab_module
 from pydask_deploy.cli import main
 from pydask_deploy.errors import LabUsageError
+from pydask_deploy.lab.rootfs import own_release, sources_for_release
 
 
 def make_lab(count: int, tmp_path: Path) -> lab_module.Lab:
@@ -135,3 +139,131 @@ def test_ssh_command_finds_hosts_by_name_number_and_address(tmp_path: Path) -> N
         assert argv[-2:] == ["root@10.231.0.12", "uptime"]
     with pytest.raises(LabUsageError, match="no lab host 'h7'; the lab has h1, h2"):
         lab_module.ssh_command(lab.config, "h7", [])
+
+
+# ------------------------------------------------------------------ releases and reboots
+
+
+def test_releases_default_to_bookworm_and_name_every_host_or_one() -> None:
+    assert lab_module.host_releases(3, []) == ("bookworm",) * 3
+    assert lab_module.host_releases(2, ["trixie"]) == ("trixie", "trixie")
+    assert lab_module.host_releases(3, ["h3=trixie"]) == ("bookworm", "bookworm", "trixie")
+    assert lab_module.host_releases(3, ["trixie", "1=bookworm"]) == (
+        "bookworm",
+        "trixie",
+        "trixie",
+    )
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["jessie"], "--release jessie: unknown release 'jessie'; the lab knows bookworm, trixie"),
+        (["h4=trixie"], "--release h4=trixie: no host 'h4' in a lab of 3 (h1 to h3)"),
+        (["node1=trixie"], "--release node1=trixie: no host 'node1'"),
+        (["trixie", "bookworm"], "--release bookworm: every host was already given"),
+        (["h2=trixie", "2=bookworm"], "--release 2=bookworm: h2 was already given trixie"),
+    ],
+)
+def test_bad_releases_are_refused(specs: list[str], message: str) -> None:
+    with pytest.raises(LabUsageError, match=re.escape(message)):
+        lab_module.host_releases(3, specs)
+
+
+def test_lab_up_with_a_bad_release_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYDASK_LAB_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(main, ["lab", "up", "--hosts", "2", "--release", "h3=trixie"])
+    assert result.exit_code == 2
+    assert "no host 'h3' in a lab of 2" in result.output
+    assert not (tmp_path / "state").exists()
+
+
+def test_docker_hosts_stay_on_bookworm(tmp_path: Path) -> None:
+    config = lab_module.LabConfig(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    with pytest.raises(LabUsageError, match="--docker hosts run bookworm only, not trixie"):
+        lab_module.lab_up(2, True, tmp_path / "i.yml", config, print, ("bookworm", "trixie"))
+
+
+def test_the_rootfs_cache_is_per_release(tmp_path: Path) -> None:
+    config = lab_module.LabConfig(cache_dir=tmp_path)
+    assert config.rootfs == tmp_path / "rootfs-bookworm"
+    assert config.rootfs_of("trixie") == tmp_path / "rootfs-trixie"
+
+
+def test_the_inventory_says_how_the_lab_was_made(tmp_path: Path) -> None:
+    lab = make_lab(3, tmp_path)
+    hosts = (*lab.hosts[:2], replace(lab.hosts[2], release="trixie"))
+    path = tmp_path / "lab.yml"
+    lab_module.write_inventory(replace(lab, hosts=hosts), path)
+    assert "pydask-deploy lab up --hosts 3 --release h3=trixie" in path.read_text()
+    trixie = tuple(replace(h, release="trixie") for h in lab.hosts)
+    lab_module.write_inventory(replace(lab, hosts=trixie), path)
+    assert "pydask-deploy lab up --hosts 3 --release trixie\n" in path.read_text()
+
+
+_DEB822 = """\
+Types: deb
+URIs: http://mirror.invalid/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.invalid/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def test_another_release_is_fetched_from_this_machines_mirrors() -> None:
+    text = sources_for_release(_DEB822, "bookworm", "trixie", "debian.sources")
+    assert "Suites: trixie trixie-updates\n" in text
+    assert "Suites: trixie-security\n" in text
+    assert text.count("URIs: http://mirror.invalid/debian") == 2
+    assert "bookworm" not in text
+    one_line = (
+        "deb http://mirror.invalid/debian bookworm main\n"
+        "deb [signed-by=/k.gpg arch=amd64] http://mirror.invalid/debian-security "
+        "bookworm-security main\n"
+    )
+    assert sources_for_release(one_line, "bookworm", "trixie", "sources.list").splitlines() == [
+        "deb http://mirror.invalid/debian trixie main",
+        "deb [signed-by=/k.gpg arch=amd64] http://mirror.invalid/debian-security "
+        "trixie-security main",
+    ]
+    with pytest.raises(LabUsageError, match="none of its suites names this machine's release"):
+        sources_for_release(_DEB822.replace("bookworm", "stable"), "bookworm", "trixie", "x")
+
+
+def test_own_release_reads_os_release(tmp_path: Path) -> None:
+    (tmp_path / "os-release").write_text('NAME="Debian GNU/Linux"\nVERSION_CODENAME=bookworm\n')
+    assert own_release(tmp_path / "os-release") == "bookworm"
+    assert own_release(tmp_path / "missing") == ""
+
+
+def test_lab_reboot_of_an_unknown_host_names_the_lab_s_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = make_lab(3, tmp_path)
+    lab_module._write_record(lab)
+    monkeypatch.setenv("PYDASK_LAB_DIR", str(lab.config.state_dir))
+    result = CliRunner().invoke(main, ["lab", "reboot", "h2", "h7"])
+    assert result.exit_code == 2
+    assert "no lab host 'h7'; the lab has h1, h2, h3" in result.output
+
+
+def test_lab_reboot_without_a_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYDASK_LAB_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(main, ["lab", "reboot", "h1"])
+    assert result.exit_code == 2
+    assert "no lab is up" in result.output
+
+
+def test_a_record_from_before_releases_reads_as_bookworm(tmp_path: Path) -> None:
+    lab = make_lab(1, tmp_path)
+    lab_module._write_record(lab)
+    data = json.loads(lab.config.record_path.read_text())
+    del data["hosts"][0]["release"]
+    lab.config.record_path.write_text(json.dumps(data))
+    read = lab_module.read_lab(lab.config)
+    assert read is not None and read.hosts[0].release == "bookworm"

@@ -30,6 +30,14 @@ def lab() -> None:
 @click.option("--hosts", "count", default=3, show_default=True, help="How many hosts to boot.")
 @click.option("--docker", is_flag=True, help="Hosts can run Docker; serve a local registry.")
 @click.option(
+    "--release",
+    "release_specs",
+    multiple=True,
+    metavar="[HOST=]NAME",
+    help=f"Debian release of every host (NAME) or of one (HOST=NAME, e.g. h3=trixie); "
+    f"repeatable. Default {lab_module.SUITE}; known: {', '.join(lab_module.RELEASES)}.",
+)
+@click.option(
     "-o",
     "--inventory",
     "inventory_path",
@@ -40,10 +48,13 @@ def lab() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 @reports_errors
-def lab_up_command(count: int, docker: bool, inventory_path: Path, as_json: bool) -> None:
+def lab_up_command(
+    count: int, docker: bool, release_specs: tuple[str, ...], inventory_path: Path, as_json: bool
+) -> None:
     """Boot N lab hosts and write their inventory (the first host is the scheduler)."""
     config = lab_module.LabConfig.from_env()
-    result = lab_module.lab_up(count, docker, inventory_path, config, say)
+    releases = lab_module.host_releases(count, release_specs) if count >= 1 else None
+    result = lab_module.lab_up(count, docker, inventory_path, config, say, releases)
     if as_json:
         click.echo(json.dumps(_lab_json(result.hosts, inventory_path, result.registry)))
         return
@@ -61,6 +72,47 @@ def lab_down_command() -> None:
     """Stop every lab host and remove its mounts, cgroups and bridge (keeps the cached rootfs)."""
     stopped = lab_module.lab_down(lab_module.LabConfig.from_env(), say)
     click.echo(f"lab down: {stopped} host(s) stopped" if stopped else "no lab is up; nothing to do")
+
+
+@lab.command("reboot")
+@click.argument("hosts", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@reports_errors
+def lab_reboot_command(hosts: tuple[str, ...], as_json: bool) -> None:
+    """Reboot lab HOSTS (h2, 2 or an address) on their own disks, all at once, and wait.
+
+    Each host's systemd shuts down in order, then the host boots again with the same files,
+    address and host key. Naming every host is a power cycle of the whole lab. Exit 1 when
+    a host did not come back.
+    """
+    reboots = lab_module.lab_reboot(lab_module.LabConfig.from_env(), hosts, say)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "hosts": [
+                        {
+                            "name": r.host.name,
+                            "address": r.host.address,
+                            "state": r.host.state,
+                            "seconds": round(r.seconds, 2),
+                            "down_seconds": round(r.down_seconds, 2),
+                            "boot_seconds": round(r.boot_seconds, 2),
+                        }
+                        for r in reboots
+                    ]
+                }
+            )
+        )
+    else:
+        click.echo(f"{'HOST':<6} {'ADDRESS':<15} {'STATE':<12} REBOOT")
+        for r in reboots:
+            click.echo(
+                f"{r.host.name:<6} {r.host.address:<15} {r.host.state:<12} {r.seconds:.1f} s "
+                f"(down {r.down_seconds:.1f} s, boot {r.boot_seconds:.1f} s)"
+            )
+    if not all(r.back for r in reboots):
+        sys.exit(1)
 
 
 @lab.command("status")
@@ -90,10 +142,10 @@ def lab_ssh_command(host: str, command: tuple[str, ...]) -> None:
 
 
 def _print_hosts(hosts: Sequence[lab_module.LabHost]) -> None:
-    click.echo(f"{'HOST':<6} {'ADDRESS':<15} {'STATE':<12} BOOT")
+    click.echo(f"{'HOST':<6} {'ADDRESS':<15} {'RELEASE':<9} {'STATE':<12} BOOT")
     for h in hosts:
         boot = f"{h.boot_seconds:.1f} s" if h.boot_seconds is not None else "-"
-        click.echo(f"{h.name:<6} {h.address:<15} {h.state:<12} {boot}")
+        click.echo(f"{h.name:<6} {h.address:<15} {h.release:<9} {h.state:<12} {boot}")
 
 
 def _lab_json(
@@ -101,7 +153,13 @@ def _lab_json(
 ) -> dict[str, Any]:
     return {
         "hosts": [
-            {"name": h.name, "address": h.address, "state": h.state, "boot_seconds": h.boot_seconds}
+            {
+                "name": h.name,
+                "address": h.address,
+                "release": h.release,
+                "state": h.state,
+                "boot_seconds": h.boot_seconds,
+            }
             for h in hosts
         ],
         "inventory": str(inventory) if inventory else None,

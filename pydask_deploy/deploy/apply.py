@@ -1,9 +1,10 @@
 """``apply``: make the certificates current, leave out hosts in sync, run site.yml on the rest.
 
 The steps, in order: TLS (``prepare_tls``: the cluster's certificates on the controller, and
-the warnings a user should see), the in-sync check (``insync``: one SSH round proves which
-hosts need nothing), then Ansible on the others (``run_playbook``). ``upgrade`` stages with
-the same pieces.
+the warnings a user should see), the conda hosts' environment (``conda.prepare_conda``:
+solved or read from the lock, fetched and staged on the controller), the in-sync check
+(``insync``: one SSH round proves which hosts need nothing), then Ansible on the others
+(``run_playbook``). ``upgrade`` stages with the same pieces.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pydask_deploy import contract
+from pydask_deploy.deploy import conda as conda_module
 from pydask_deploy.deploy import insync
 from pydask_deploy.deploy import pki as pki_module
+from pydask_deploy.deploy.conda import CondaRuntime
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply
 from pydask_deploy.deploy.run import HostResult, OnProgress, RunResult, run_playbook
@@ -147,6 +150,7 @@ def converge(
     say: Callable[[str], None],
     read: tuple[Mapping[str, remote.HostResult], float] | None = None,
     chosen: Sequence[str] | None = None,
+    conda: CondaRuntime | None = None,
 ) -> tuple[RunResult, FastPath]:
     """``apply``: probe, then run site.yml on the hosts not in sync (all with ``full``).
 
@@ -192,7 +196,13 @@ def converge(
         return result, fast
     run_limit = limit if not in_sync else ",".join(to_run)
     plan = plan_apply(
-        inventory, check=check, diff=diff, limit=run_limit, pki=pki, extravars=extravars
+        inventory,
+        check=check,
+        diff=diff,
+        limit=run_limit,
+        pki=pki,
+        conda=conda,
+        extravars=extravars,
     )
     ran = run_playbook(plan, on_progress)
     order = {h.name: i for i, h in enumerate(inventory.hosts)}
@@ -210,9 +220,12 @@ class ApplyResult:
     fast: FastPath
     pki: Pki | None
     warnings: tuple[str, ...]
+    conda: CondaRuntime | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = self.run.to_json()
+        if self.conda is not None:
+            document["conda"] = conda_module.describe(self.conda)
         document["warnings"] = list(self.warnings)
         document["certificates_issued"] = [
             {"name": i.name, "reason": i.reason} for i in (self.pki.issued if self.pki else ())
@@ -252,6 +265,9 @@ def apply_cluster(
         say(f"tls: {pki.summary(check)}")
     for warning in warnings:
         warn(warning)
+    conda = conda_module.prepare_conda(inventory, write=not check, say=say)
+    if conda is not None:
+        say(f"conda: {conda.summary(check)}")
     run, fast = converge(
         inventory,
         check=check,
@@ -263,6 +279,7 @@ def apply_cluster(
         say=say,
         read=None if full else read,
         chosen=chosen,
+        conda=conda,
     )
     run = replace(run, seconds=time.monotonic() - started)  # the first SSH round included
-    return ApplyResult(run, fast, pki, tuple(warnings))
+    return ApplyResult(run, fast, pki, tuple(warnings), conda)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pydask_deploy import __version__, contract
+from pydask_deploy.deploy.conda import lock_path as conda_lock_path
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.observe import cluster, remote
@@ -54,10 +55,9 @@ _PATH_VARS = ("dask_base_dir", "dask_config_dir", "dask_data_dir", "dask_user")
 _JINJA = re.compile(r"{{|{%|{#")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Controller files the role copies or reads, hashed into the fingerprint: (variable, whole).
-# A whole file is hashed; a large one (an image tarball, an installer) by size and mtime.
+# A whole file is hashed; a large one (an image tarball) by size and mtime.
 _CONTROLLER_FILES = (
     ("dask_conda_environment_file", True),
-    ("dask_conda_installer_file", False),
     ("dask_docker_image_tarball", False),
 )
 
@@ -123,8 +123,9 @@ def fingerprint(inventory: Inventory, host: Host, shared: bytes, pki: Pki | None
 
     ``shared`` from ``shared_inputs``; then the host's name, with TLS its certificate, key
     and the cluster CA's certificate, and the controller files its variables name
-    (``dask_conda_environment_file`` by content; ``dask_conda_installer_file`` and
-    ``dask_docker_image_tarball`` by size and mtime, too large to read on every apply).
+    (``dask_conda_environment_file`` by content, ``dask_docker_image_tarball`` by size and
+    mtime, too large to read on every apply); for a conda host, the conda lock file beside
+    the inventory (a new lock is a new environment).
     """
     digest = hashlib.sha256()
     _add(digest, "shared", shared)
@@ -151,6 +152,9 @@ def fingerprint(inventory: Inventory, host: Host, shared: bytes, pki: Pki | None
             stat = path.stat()
             data = f"{stat.st_size} {stat.st_mtime_ns}".encode()
         _add(digest, name, data)
+    if variables.get("dask_runtime") == "conda":
+        lock = conda_lock_path(inventory)
+        _add(digest, "conda-lock", lock.read_bytes() if lock.is_file() else b"(missing)")
     return digest.hexdigest()
 
 
@@ -331,7 +335,7 @@ def probe_command(check: HostCheck) -> str:
 
 
 def ca_file(inventory: Inventory, host: Host) -> str:
-    """Where the host keeps the cluster CA's certificate (the roles' ``__dask_tls_dir``)."""
+    """Where the host keeps the cluster CA's certificate (the role's ``__dask_tls_dir``)."""
     config = str(inventory.dask_vars(host).get("dask_config_dir", "/etc/dask")).rstrip("/")
     return f"{config}/{contract.TLS_DIR}/{contract.CA_CERT}"
 

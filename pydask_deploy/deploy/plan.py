@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydask_deploy import contract
+from pydask_deploy.deploy.conda import CondaRuntime
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.inventory import Host, Inventory
 from pydask_deploy.resources import playbook_path, roles_path
@@ -65,11 +66,13 @@ def plan_apply(
     limit: str | None = None,
     extravars: Mapping[str, object] | None = None,
     pki: Pki | None = None,
+    conda: CondaRuntime | None = None,
 ) -> Plan:
     """The plan of ``pydask-deploy apply``: converge every host with ``playbooks/site.yml``.
 
     With ``pki`` (TLS on) the role copies the certificates from its directory; in check mode,
-    certificates it would issue are not made yet, and the role is told so.
+    certificates it would issue are not made yet, and the role is told so. With ``conda``
+    the conda hosts unpack the environments staged on the controller.
     """
     forks = forks_for(len(inventory.hosts))
     extravars = dict(extravars or {})
@@ -77,6 +80,8 @@ def plan_apply(
         extravars[contract.EXTRA_TLS_SRC_DIR] = str(pki.directory)
         if check and pki.issued:
             extravars[contract.EXTRA_TLS_PENDING] = True
+    if conda is not None:
+        extravars.update(conda.extravars())
     return Plan(
         inventory=inventory,
         playbook=playbook_path(contract.SITE_PLAYBOOK),

@@ -31,6 +31,7 @@ from typing import Any
 from pydask_deploy import contract
 from pydask_deploy.deploy import insync
 from pydask_deploy.deploy.apply import check_ca, check_python, prepare_tls
+from pydask_deploy.deploy.conda import CondaRuntime, prepare_conda
 from pydask_deploy.deploy.pki import Pki
 from pydask_deploy.deploy.plan import plan_apply, plan_restart
 from pydask_deploy.deploy.run import OnProgress, Progress, RunResult, interrupted, run_playbook
@@ -210,7 +211,7 @@ def _wanted_version(inventory: Inventory) -> dict[str, str]:
         variables = inventory.dask_vars(host)
         runtime = variables.get("dask_runtime")
         image = str(variables.get("dask_docker_image", ""))
-        if runtime == "venv" or (runtime == "docker" and "dask_version" in image):
+        if runtime in ("venv", "conda") or (runtime == "docker" and "dask_version" in image):
             wanted[host.name] = str(variables.get("dask_version"))
     return wanted
 
@@ -307,6 +308,7 @@ class _Upgrade:
     version: str
     addresses: Mapping[str, frozenset[str]]
     settings: Mapping[str, object] = field(default_factory=dict)
+    conda: CondaRuntime | None = None
     scheduler_staged: bool = False
 
     def stage(self, hosts: Sequence[Host]) -> tuple[RunResult, _UnitChanges]:
@@ -317,6 +319,7 @@ class _Upgrade:
             limit=",".join(h.name for h in hosts),
             extravars={contract.EXTRA_DEFER_RESTART: True},
             pki=self.pki,
+            conda=self.conda,
         )
         result = run_playbook(plan, changes)
         if self.inventory.scheduler.name in changes.scheduler:
@@ -331,49 +334,6 @@ class _Upgrade:
         """The workers registered from each host now, by the scheduler's own view."""
         mine = {h.name: self.addresses.get(h.name, frozenset({h.address})) for h in hosts}
         return assign_workers(self.session.workers(), mine)[0]
-
-    def wait_registered(
-        self, hosts: Sequence[Host], old_nannies: set[str]
-    ) -> tuple[dict[str, list[WorkerView]], str]:
-        """Wait until each host has its workers registered from a new process.
-
-        A host still without them after ``restart_grace`` seconds gets its unit restarted
-        once (its data has already moved). Returns the workers and an error ('' when done).
-        """
-        expected = {h.name: expected_workers(self.inventory, h) or 1 for h in hosts}
-        started = time.monotonic()
-        kicked = False
-        while True:
-            fresh = {
-                name: [w for w in ws if w.nanny not in old_nannies and w.status == "running"]
-                for name, ws in self.workers_on(hosts).items()
-            }
-            missing = [h for h in hosts if len(fresh[h.name]) < expected[h.name]]
-            if not missing:
-                return fresh, ""
-            if signal := interrupted():
-                # the retired workers' units restart by themselves into the staged runtime
-                return fresh, f"interrupted ({signal}) while the workers came back"
-            waited = time.monotonic() - started
-            if waited > self.options.timeout:
-                shown = ", ".join(
-                    f"{h.name} ({len(fresh[h.name])} of {expected[h.name]} workers)"
-                    for h in missing
-                )
-                return fresh, (
-                    f"not registered again within {self.options.timeout:.0f} s: {shown}; "
-                    f"`pydask-deploy logs {self.inventory.path} {missing[0].name}` shows why"
-                )
-            if waited > self.options.restart_grace and not kicked:
-                kicked = True
-                self.say(
-                    f"  {', '.join(h.name for h in missing)}: not back after "
-                    f"{self.options.restart_grace:.0f} s; restarting the unit (its data has moved)"
-                )
-                result = self.restart(missing, ["worker"])
-                if not result.succeeded:
-                    return fresh, f"restart failed: {_failure(result)}"
-            time.sleep(0.5)
 
     def pending_restarts(self) -> tuple[str, ...]:
         """The worker hosts whose workers predate their unit file (one SSH round)."""
@@ -402,102 +362,6 @@ class _Upgrade:
         self.say(f"staged in {seconds:.1f} s; worker hosts to restart: {shown}")
         return Staging(seconds, restart=restart)
 
-    def check_new(self, workers: Sequence[str]) -> str:
-        """Each new worker runs the scheduler's distributed and computes; '' when so."""
-        versions = self.session.versions()["workers"]
-        skewed = [
-            f"{a} runs distributed {versions[a]['packages']['distributed']}"
-            for a in workers
-            if a in versions and versions[a]["packages"]["distributed"] != self.version
-        ]
-        if skewed:
-            return (
-                f"{'; '.join(skewed)} but the scheduler runs {self.version}: this change needs "
-                "the scheduler restarted too (--restart-scheduler)"
-            )
-        return self.session.compute_on(workers)
-
-    def retire_and_restart(
-        self, label: str, changed: Sequence[Host], alone: bool
-    ) -> tuple[tuple[str, ...], set[str], str]:
-        """Retire the workers of ``changed`` (their data moves to the other workers) so that
-        their units restart into the staged runtime. Returns the workers retired, the nannies
-        of the processes that must not count as new, and an error ('' when done)."""
-        before = self.workers_on(changed)
-        addresses = [w.address for ws in before.values() for w in ws]
-        old_nannies = {w.nanny for ws in before.values() for w in ws if w.nanny}
-        self.say(
-            f"{label}: retiring {len(addresses)} worker(s) on "
-            f"{', '.join(h.name for h in changed)}; the scheduler moves their data to the "
-            "other workers"
-        )
-        try:
-            retired = (
-                self.session.retire(addresses, self.options.retire_timeout) if addresses else set()
-            )
-        except (OSError, TimeoutError) as exc:
-            return (), old_nannies, f"retiring failed: {exc}"
-        kept = sorted(set(addresses) - retired)
-        if kept and not alone:
-            return (
-                tuple(sorted(retired)),
-                old_nannies,
-                (
-                    f"the scheduler could not move the data of {', '.join(kept)} to another "
-                    "worker, so they were not retired (nothing outside the batch could take it)"
-                ),
-            )
-        if kept:  # every worker in one batch, as asked: their data has nowhere to go
-            self.say(f"{label}: restarting {', '.join(kept)} with their data")
-            self.restart(changed, ["worker"])
-        # a host with no worker registered holds no data the scheduler knows of, and its
-        # process (if any) may still run the old unit: restart it into the new one
-        absent = [h for h in changed if not before[h.name]]
-        if absent and not kept:
-            self.say(
-                f"{label}: no worker registered from {', '.join(h.name for h in absent)}; "
-                "restarting its unit"
-            )
-            old_nannies |= {w.nanny for ws in self.workers_on(absent).values() for w in ws}
-            restarted = self.restart(absent, ["worker"])
-            if not restarted.succeeded:
-                return tuple(sorted(retired)), old_nannies, f"restart failed: {_failure(restarted)}"
-        return tuple(sorted(retired)), old_nannies, ""
-
-    def run_batch(
-        self, index: int, count: int, hosts: tuple[Host, ...], restart: set[str], alone: bool
-    ) -> BatchResult:
-        """Restart one batch's staged workers, retire-first (module docstring)."""
-        names = tuple(h.name for h in hosts)
-        label = f"batch {index}/{count}"
-        started = time.monotonic()
-
-        def done(outcome: str, **kwargs: Any) -> BatchResult:
-            return BatchResult(index, names, outcome, time.monotonic() - started, **kwargs)
-
-        changed = [h for h in hosts if h.name in restart]
-        if not changed:
-            self.say(f"{label} ({', '.join(names)}): already on the new runtime")
-            return done("current")
-        restarted = tuple(h.name for h in changed)
-        retired, old_nannies, error = self.retire_and_restart(label, changed, alone)
-        if error:
-            return done("failed", restarted=restarted, retired=retired, error=error)
-        self.say(f"{label}: waiting for the workers to restart and register")
-        fresh, error = self.wait_registered(changed, old_nannies)
-        registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))
-        error = error or self.check_new(registered)
-        outcome = "failed" if error else "upgraded"
-        batch = done(
-            outcome, restarted=restarted, retired=retired, registered=registered, error=error
-        )
-        if not error:
-            self.say(
-                f"{label} done in {batch.seconds:.1f} s (retired, restarted and back): "
-                f"{len(registered)} worker(s) on {', '.join(restarted)} registered and computing"
-            )
-        return batch
-
     def result(
         self, started: float, batches: Sequence[BatchResult], pending: Sequence[str],
         scheduler: str, error: str = "", staging: Staging | None = None,
@@ -514,6 +378,144 @@ class _Upgrade:
             staging=staging or Staging(),
             interrupted=interrupted() or "",
         )
+
+
+def _wait_registered(
+    up: _Upgrade, hosts: Sequence[Host], old_nannies: set[str]
+) -> tuple[dict[str, list[WorkerView]], str]:
+    """Wait until each host has its workers registered from a new process.
+
+    A host still without them after ``restart_grace`` seconds gets its unit restarted
+    once (its data has already moved). Returns the workers and an error ('' when done).
+    """
+    expected = {h.name: expected_workers(up.inventory, h) or 1 for h in hosts}
+    started = time.monotonic()
+    kicked = False
+    while True:
+        fresh = {
+            name: [w for w in ws if w.nanny not in old_nannies and w.status == "running"]
+            for name, ws in up.workers_on(hosts).items()
+        }
+        missing = [h for h in hosts if len(fresh[h.name]) < expected[h.name]]
+        if not missing:
+            return fresh, ""
+        if signal := interrupted():
+            # the retired workers' units restart by themselves into the staged runtime
+            return fresh, f"interrupted ({signal}) while the workers came back"
+        waited = time.monotonic() - started
+        if waited > up.options.timeout:
+            shown = ", ".join(
+                f"{h.name} ({len(fresh[h.name])} of {expected[h.name]} workers)" for h in missing
+            )
+            return fresh, (
+                f"not registered again within {up.options.timeout:.0f} s: {shown}; "
+                f"`pydask-deploy logs {up.inventory.path} {missing[0].name}` shows why"
+            )
+        if waited > up.options.restart_grace and not kicked:
+            kicked = True
+            up.say(
+                f"  {', '.join(h.name for h in missing)}: not back after "
+                f"{up.options.restart_grace:.0f} s; restarting the unit (its data has moved)"
+            )
+            result = up.restart(missing, ["worker"])
+            if not result.succeeded:
+                return fresh, f"restart failed: {_failure(result)}"
+        time.sleep(0.5)
+
+
+def _check_new(up: _Upgrade, workers: Sequence[str]) -> str:
+    """Each new worker runs the scheduler's distributed and computes; '' when so."""
+    versions = up.session.versions()["workers"]
+    skewed = [
+        f"{a} runs distributed {versions[a]['packages']['distributed']}"
+        for a in workers
+        if a in versions and versions[a]["packages"]["distributed"] != up.version
+    ]
+    if skewed:
+        return (
+            f"{'; '.join(skewed)} but the scheduler runs {up.version}: this change needs "
+            "the scheduler restarted too (--restart-scheduler)"
+        )
+    return up.session.compute_on(workers)
+
+
+def _retire_and_restart(
+    up: _Upgrade, label: str, changed: Sequence[Host], alone: bool
+) -> tuple[tuple[str, ...], set[str], str]:
+    """Retire the workers of ``changed`` (their data moves to the other workers) so that
+    their units restart into the staged runtime. Returns the workers retired, the nannies
+    of the processes that must not count as new, and an error ('' when done)."""
+    before = up.workers_on(changed)
+    addresses = [w.address for ws in before.values() for w in ws]
+    old_nannies = {w.nanny for ws in before.values() for w in ws if w.nanny}
+    up.say(
+        f"{label}: retiring {len(addresses)} worker(s) on "
+        f"{', '.join(h.name for h in changed)}; the scheduler moves their data to the "
+        "other workers"
+    )
+    try:
+        retired = up.session.retire(addresses, up.options.retire_timeout) if addresses else set()
+    except (OSError, TimeoutError) as exc:
+        return (), old_nannies, f"retiring failed: {exc}"
+    kept = sorted(set(addresses) - retired)
+    if kept and not alone:
+        return (
+            tuple(sorted(retired)),
+            old_nannies,
+            (
+                f"the scheduler could not move the data of {', '.join(kept)} to another "
+                "worker, so they were not retired (nothing outside the batch could take it)"
+            ),
+        )
+    if kept:  # every worker in one batch, as asked: their data has nowhere to go
+        up.say(f"{label}: restarting {', '.join(kept)} with their data")
+        up.restart(changed, ["worker"])
+    # a host with no worker registered holds no data the scheduler knows of, and its
+    # process (if any) may still run the old unit: restart it into the new one
+    absent = [h for h in changed if not before[h.name]]
+    if absent and not kept:
+        up.say(
+            f"{label}: no worker registered from {', '.join(h.name for h in absent)}; "
+            "restarting its unit"
+        )
+        old_nannies |= {w.nanny for ws in up.workers_on(absent).values() for w in ws}
+        restarted = up.restart(absent, ["worker"])
+        if not restarted.succeeded:
+            return tuple(sorted(retired)), old_nannies, f"restart failed: {_failure(restarted)}"
+    return tuple(sorted(retired)), old_nannies, ""
+
+
+def _run_batch(
+    up: _Upgrade, index: int, count: int, hosts: tuple[Host, ...], restart: set[str], alone: bool
+) -> BatchResult:
+    """Restart one batch's staged workers, retire-first (module docstring)."""
+    names = tuple(h.name for h in hosts)
+    label = f"batch {index}/{count}"
+    started = time.monotonic()
+
+    def done(outcome: str, **kwargs: Any) -> BatchResult:
+        return BatchResult(index, names, outcome, time.monotonic() - started, **kwargs)
+
+    changed = [h for h in hosts if h.name in restart]
+    if not changed:
+        up.say(f"{label} ({', '.join(names)}): already on the new runtime")
+        return done("current")
+    restarted = tuple(h.name for h in changed)
+    retired, old_nannies, error = _retire_and_restart(up, label, changed, alone)
+    if error:
+        return done("failed", restarted=restarted, retired=retired, error=error)
+    up.say(f"{label}: waiting for the workers to restart and register")
+    fresh, error = _wait_registered(up, changed, old_nannies)
+    registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))
+    error = error or _check_new(up, registered)
+    outcome = "failed" if error else "upgraded"
+    batch = done(outcome, restarted=restarted, retired=retired, registered=registered, error=error)
+    if not error:
+        up.say(
+            f"{label} done in {batch.seconds:.1f} s (retired, restarted and back): "
+            f"{len(registered)} worker(s) on {', '.join(restarted)} registered and computing"
+        )
+    return batch
 
 
 def rolling_upgrade(
@@ -578,6 +580,10 @@ def _start(
     outputs, _ = insync.read_hosts(inventory, inventory.hosts, with_state=False)
     check_python(inventory, outputs)  # before anything changes, the inventory file included
     check_ca(inventory, outputs)
+    # solved (and the lock rewritten) before the inventory is: bad input changes nothing
+    conda = prepare_conda(inventory, say=say)
+    if conda is not None:
+        say(f"conda: {conda.summary()}")
     if edit is not None:
         edit.write()
         note = "" if edit.kept_comments else " (rewritten through PyYAML: comments dropped)"
@@ -591,7 +597,7 @@ def _start(
     addresses = {name: host.addresses for name, host in reading.hosts.items()}
     return _Upgrade(
         inventory, session, dial, options, say, on_progress, pki, running, addresses,
-        settings=settings,
+        settings=settings, conda=conda,
     )  # fmt: skip
 
 
@@ -613,7 +619,7 @@ def _roll(upgrade: _Upgrade, batches: list[tuple[Host, ...]]) -> UpgradeResult:
             pending = [h.name for b in batches[index - 1 :] for h in b]
             error = f"interrupted ({signal}) before batch {index}/{len(batches)}"
             return upgrade.result(started, results, pending, "not reached", error, staging)
-        result = upgrade.run_batch(index, len(batches), hosts, restart, all_at_once)
+        result = _run_batch(upgrade, index, len(batches), hosts, restart, all_at_once)
         results.append(result)
         if result.outcome == "failed":
             pending = [h.name for b in batches[index:] for h in b]
@@ -654,9 +660,9 @@ def _restart_everything(upgrade: _Upgrade) -> UpgradeResult:
         return failed("failed", f"restart failed: {_failure(restarted)}")
     upgrade.session = _open_session(inventory, upgrade.dial)
     upgrade.version = upgrade.session.version()
-    fresh, error = upgrade.wait_registered(inventory.workers, set())
+    fresh, error = _wait_registered(upgrade, inventory.workers, set())
     registered = tuple(sorted(w.address for ws in fresh.values() for w in ws))
-    error = error or upgrade.check_new(registered)
+    error = error or _check_new(upgrade, registered)
     batch = BatchResult(
         1, names, "failed" if error else "upgraded", time.monotonic() - started,
         restarted=names, registered=registered, error=error,

@@ -4,16 +4,10 @@
 the tool reads only that value.
 """
 
-from pydask_deploy.inventory.load import (
-    SCHEDULER_GROUP,
-    VAR_TYPES,
-    WORKERS_GROUP,
-    Host,
-    Inventory,
-    known_variables,
-    load_inventory,
-    role_defaults,
-)
+from pydask_deploy.contract import SCHEDULER_GROUP, WORKERS_GROUP
+from pydask_deploy.inventory.load import load_inventory
+from pydask_deploy.inventory.model import Host, Inventory
+from pydask_deploy.inventory.variables import VAR_TYPES, known_variables, role_defaults
 
 __all__ = [
     "SCHEDULER_GROUP",

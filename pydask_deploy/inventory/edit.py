@@ -29,7 +29,9 @@ from ruamel.yaml.scalarstring import SingleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
 from pydask_deploy.errors import UsageError
-from pydask_deploy.inventory.load import VAR_TYPES, Inventory, known_variables, load_inventory
+from pydask_deploy.inventory.load import load_inventory
+from pydask_deploy.inventory.model import Inventory
+from pydask_deploy.inventory.variables import VAR_TYPES, known_variables
 
 
 def parse_setting(text: str) -> tuple[str, object]:

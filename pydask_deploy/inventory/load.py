@@ -43,18 +43,6 @@ from pydask_deploy.inventory.variables import (
 )
 from pydask_deploy.resources import playbook_path
 
-__all__ = [
-    "SCHEDULER_GROUP",
-    "VAR_TYPES",
-    "WORKERS_GROUP",
-    "Host",
-    "Inventory",
-    "known_variables",
-    "load_inventory",
-    "role_defaults",
-]
-
-
 # --------------------------------------------------------------------------- YAML pass
 
 

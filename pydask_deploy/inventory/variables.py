@@ -177,6 +177,9 @@ def _timeout(value: object) -> str | None:
 _any_string = _string
 _positive_int = _int_at_least(1, "a positive integer")
 
+# A conda subdir: linux-64, linux-aarch64, osx-arm64, win-64 ...
+_CONDA_PLATFORM = re.compile(r"^(linux|osx|win|freebsd|emscripten|wasi|zos)-[a-z0-9_]+$")
+
 # The type of every known ``dask_*`` variable. A variable in roles/dask/defaults/main.yml must
 # have an entry here (tests/test_inventory.py checks it); add new ones next to their kin.
 VAR_TYPES: Mapping[str, Check] = MappingProxyType(
@@ -196,10 +199,9 @@ VAR_TYPES: Mapping[str, Check] = MappingProxyType(
         "dask_pip_trusted_host": _any_string,
         "dask_wheelhouse": _any_string,
         "dask_wheelhouse_download": _boolean,
-        "dask_conda_installer_url": _matching(_URL, "an http(s):// or file:// URL"),
-        "dask_conda_installer_file": _any_string,
-        "dask_conda_prefix": _absolute_path(empty_ok=False),
         "dask_conda_environment_file": _any_string,
+        "dask_conda_platform": _matching(_CONDA_PLATFORM, "a conda platform such as 'linux-64'"),
+        "dask_conda_cache_dir": _any_string,
         "dask_docker_image": _image,
         "dask_docker_image_tarball": _any_string,
         "dask_docker_install": _boolean,

@@ -5,11 +5,12 @@ address on a private bridge, sharing one cached read-only root filesystem throug
 The hosts reach nothing but the controller: the lab is an air-gapped cluster by construction.
 The facts and pitfalls behind each step are in the project's lab notes (LAB-NOTES.md).
 
-This module holds what the commands and tests call (``lab_up``, ``lab_down``, ``lab_status``,
-``ssh_command``, ``booted_lab``); each step lives in its own module: ``config`` (the values),
-``system`` (commands, processes, mounts), ``record`` (``lab.json``), ``rootfs`` (the cached
-root filesystem and layers), ``network`` (the bridge), ``hosts`` (start, stop, clean up),
-``services`` (the Docker registry) and ``inventory`` (the inventory it writes).
+This module holds what the commands and tests call (``lab_up``, ``lab_down``,
+``lab_reboot``, ``lab_status``, ``ssh_command``, ``booted_lab``); each step lives in its own
+module: ``config`` (the values), ``system`` (commands, processes, mounts), ``record``
+(``lab.json``), ``rootfs`` (the cached root filesystems, one per Debian release, and layers),
+``network`` (the bridge), ``hosts`` (start, stop, reboot, clean up), ``services`` (the Docker
+registry) and ``inventory`` (the inventory it writes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pydask_deploy.errors import LabError, LabUsageError
@@ -27,14 +29,26 @@ from pydask_deploy.lab.config import (
     DEFAULT_SUBNET,
     MAX_HOSTS,
     REGISTRY_PORT,
+    RELEASES,
     SSH_OPTIONS,
     SUITE,
     Lab,
     LabConfig,
     LabHost,
+    Reboot,
     Say,
+    describe_releases,
+    host_releases,
 )
-from pydask_deploy.lab.hosts import clean_state, prepare_host, start_host, stop_hosts
+from pydask_deploy.lab.hosts import (
+    clean_state,
+    mount_overlay,
+    power_off,
+    prepare_host,
+    reset_host,
+    start_host,
+    stop_hosts,
+)
 from pydask_deploy.lab.inventory import inventory_data, inventory_spec, write_inventory
 from pydask_deploy.lab.network import (
     bridge_down,
@@ -52,7 +66,7 @@ from pydask_deploy.lab.rootfs import (
     ensure_rootfs,
 )
 from pydask_deploy.lab.services import start_registry, stop_services
-from pydask_deploy.lab.system import mounts_under, pid_alive, raise_sysctl
+from pydask_deploy.lab.system import inotify_instances, mounts_under, pid_alive, raise_sysctl
 from pydask_deploy.observe import remote
 
 __all__ = [
@@ -60,12 +74,14 @@ __all__ = [
     "DOCKER_LAYER_PACKAGES",
     "MAX_HOSTS",
     "REGISTRY_PORT",
+    "RELEASES",
     "ROOTFS_PACKAGES",
     "SSH_OPTIONS",
     "SUITE",
     "Lab",
     "LabConfig",
     "LabHost",
+    "Reboot",
     "Say",
     "booted_lab",
     "bridge_up",
@@ -74,10 +90,13 @@ __all__ = [
     "ensure_docker_layer",
     "ensure_key",
     "ensure_rootfs",
+    "find_host",
+    "host_releases",
     "interfaces_on",
     "inventory_data",
     "inventory_spec",
     "lab_down",
+    "lab_reboot",
     "lab_status",
     "lab_up",
     "read_lab",
@@ -106,19 +125,36 @@ def check_can_run(config: LabConfig) -> None:
             )
 
 
-def lab_up(count: int, docker: bool, inventory_path: Path, config: LabConfig, say: Say) -> Lab:
-    """Boot ``count`` hosts (idempotent for a lab of that size) and write the inventory."""
+def lab_up(
+    count: int,
+    docker: bool,
+    inventory_path: Path,
+    config: LabConfig,
+    say: Say,
+    releases: Sequence[str] | None = None,
+) -> Lab:
+    """Boot ``count`` hosts (idempotent for a lab of that size and kind) and write the
+    inventory; ``releases`` names each host's Debian release (default: all ``SUITE``)."""
     if not 1 <= count <= MAX_HOSTS:
         raise LabUsageError(f"--hosts must be between 1 and {MAX_HOSTS}, got {count}")
+    wanted = tuple(releases) if releases else (SUITE,) * count
+    if len(wanted) != count or any(r not in RELEASES for r in wanted):
+        raise LabUsageError(f"one release per host, of {', '.join(RELEASES)}; got {wanted}")
+    if docker and any(r != SUITE for r in wanted):
+        # the Docker package layer is built over the default release's rootfs
+        others = ", ".join(sorted(set(wanted) - {SUITE}))
+        raise LabUsageError(f"--docker hosts run {SUITE} only, not {others}")
     check_can_run(config)
     existing = read_lab(config)
     if existing is not None and running_hosts(existing):
         up = len(running_hosts(existing))
-        if len(existing.hosts) != count or existing.docker != docker:
+        have = tuple(h.release for h in existing.hosts)
+        if len(existing.hosts) != count or existing.docker != docker or have != wanted:
             kind = " with --docker" if existing.docker else ""
             raise LabUsageError(
-                f"a lab of {len(existing.hosts)} hosts{kind} is already up ({up} running); "
-                "run `pydask-deploy lab down` first, then `lab up` with the new size"
+                f"a lab of {len(existing.hosts)} hosts{describe_releases(have)}{kind} is "
+                f"already up ({up} running); run `pydask-deploy lab down` first, then `lab up` "
+                "with the new options"
             )
     if existing is not None and len(running_hosts(existing)) == len(existing.hosts):
         say(f"a lab of {count} hosts is already up")
@@ -128,13 +164,15 @@ def lab_up(count: int, docker: bool, inventory_path: Path, config: LabConfig, sa
         lab_down(config, say)
         existing = None
     check_subnet_free(config)
-    ensure_rootfs(config, say)
+    for release in sorted(set(wanted)):
+        ensure_rootfs(config, say, release)
     if docker:
         ensure_docker_layer(config, say)
     config.wheelhouse.mkdir(parents=True, exist_ok=True)
     bridge_up(config)
-    # each booted systemd takes ~5 inotify instances from root's per-user limit (default 128)
-    raise_sysctl("fs.inotify.max_user_instances", 64 + 8 * count)
+    # each booted systemd takes ~5 inotify instances from root's per-user limit (default 128),
+    # which every lab on the machine shares: leave room above what is already taken
+    raise_sysctl("fs.inotify.max_user_instances", inotify_instances() + 64 + 8 * count)
 
     started = time.monotonic()
     services = dict(existing.services) if existing else {}
@@ -145,9 +183,14 @@ def lab_up(count: int, docker: bool, inventory_path: Path, config: LabConfig, sa
         if old is not None:
             hosts.append(old)
             continue
-        prepare_host(config, index, count, docker)
-        pid = start_host(config, index, docker)
-        hosts.append(LabHost(name=name, address=config.address_of(index), index=index, pid=pid))
+        release = wanted[index - 1]
+        prepare_host(config, index, count, docker, release)
+        pid = start_host(config, index, docker, release)
+        hosts.append(
+            LabHost(
+                name=name, address=config.address_of(index), index=index, pid=pid, release=release
+            )
+        )
     registry = f"{config.gateway}:{REGISTRY_PORT}" if docker else None
     if docker and not pid_alive(services.get("registry", 0), "docker-registry"):
         services["registry"] = start_registry(config)
@@ -171,6 +214,7 @@ def lab_up(count: int, docker: bool, inventory_path: Path, config: LabConfig, sa
             if pid_alive(h.pid, host_marker(config, h.name))
             else "failed to start",
             boot_seconds=h.boot_seconds if existing else states[h.name].seconds,
+            release=h.release,
         )
         for h in hosts
     )
@@ -230,9 +274,20 @@ def lab_status(config: LabConfig) -> list[LabHost]:
             pid=h.pid,
             state=states.get(h.name, "stopped"),
             boot_seconds=h.boot_seconds,
+            release=h.release,
         )
         for h in lab.hosts
     ]
+
+
+def find_host(lab: Lab, host: str) -> LabHost:
+    """A lab host by name (``h2``), number (``2``) or address; ``LabUsageError`` naming the
+    lab's hosts when there is none."""
+    wanted = f"h{host}" if host.isdigit() else host
+    match = next((h for h in lab.hosts if wanted in (h.name, h.address)), None)
+    if match is None:
+        raise LabUsageError(f"no lab host {host!r}; the lab has {_names(lab)}")
+    return match
 
 
 def ssh_command(config: LabConfig, host: str, command: Sequence[str]) -> list[str]:
@@ -240,20 +295,88 @@ def ssh_command(config: LabConfig, host: str, command: Sequence[str]) -> list[st
     lab = read_lab(config)
     if lab is None:
         raise LabUsageError("no lab is up; start one with `pydask-deploy lab up`")
-    wanted = f"h{host}" if host.isdigit() else host
-    match = next((h for h in lab.hosts if wanted in (h.name, h.address)), None)
-    if match is None:
-        names = ", ".join(h.name for h in lab.hosts)
-        raise LabUsageError(f"no lab host {host!r}; the lab has {names}")
+    match = find_host(lab, host)
     return ["ssh", "-i", str(config.key_path), *SSH_OPTIONS, f"root@{match.address}", *command]
+
+
+def lab_reboot(
+    config: LabConfig, names: Sequence[str], say: Say, timeout: float = 180
+) -> list[Reboot]:
+    """Reboot lab hosts, all at once, on their own disks, and wait until each has booted.
+
+    Like a real reboot: each host's systemd shuts down in order (an nspawn still there after
+    90 s is killed, as a power cut would), then the host boots again on the same overlay,
+    address and host key, as soon as it is down. Unknown names raise ``LabUsageError``
+    before any host is touched.
+    """
+    lab = read_lab(config)
+    if lab is None:
+        raise LabUsageError("no lab is up; start one with `pydask-deploy lab up`")
+    if not names:
+        raise LabUsageError(f"name the hosts to reboot; the lab has {_names(lab)}")
+    targets = list({h.name: h for h in (find_host(lab, n) for n in names)}.values())
+    check_can_run(config)
+    raise_sysctl("fs.inotify.max_user_instances", inotify_instances() + 64 + 8 * len(targets))
+    started = time.monotonic()
+    say(f"rebooting {', '.join(h.name for h in targets)}")
+    hosts = {h.name: h for h in lab.hosts}
+    down: dict[str, float] = {}
+    booting: dict[str, float] = {}
+    try:
+        for host, seconds in power_off(config, targets, timeout=90):
+            down[host.name] = seconds
+            reset_host(config, host.name)
+            mount_overlay(config, host.name, lab.docker, host.release)
+            booting[host.name] = time.monotonic()
+            pid = start_host(config, host.index, lab.docker, host.release)
+            hosts[host.name] = replace(host, pid=pid, state="booting")
+    finally:
+        # record the new PIDs even when a start fails, so that `lab down` finds every host
+        lab = replace(lab, hosts=tuple(hosts[h.name] for h in lab.hosts))
+        write_record(lab)
+    waited = time.monotonic()
+    states = remote.wait_until_booted(
+        [(h.name, h.address) for h in targets], key=config.key_path, timeout=timeout
+    )
+    results: list[Reboot] = []
+    for target in targets:
+        host = hosts[target.name]
+        state = states[host.name]
+        booted = waited + state.seconds
+        alive = pid_alive(host.pid, host_marker(config, host.name))
+        host = replace(
+            host,
+            state=state.state if alive else "failed to start",
+            boot_seconds=booted - booting[host.name],
+        )
+        hosts[host.name] = host
+        results.append(
+            Reboot(
+                host=host,
+                down_seconds=down[host.name],
+                boot_seconds=booted - booting[host.name],
+                seconds=booted - started,
+            )
+        )
+    write_record(replace(lab, hosts=tuple(hosts[h.name] for h in lab.hosts)))
+    return results
+
+
+def _names(lab: Lab) -> str:
+    return ", ".join(h.name for h in lab.hosts)
 
 
 @contextlib.contextmanager
 def booted_lab(
-    count: int, inventory_path: Path, config: LabConfig, docker: bool = False, say: Say = print
+    count: int,
+    inventory_path: Path,
+    config: LabConfig,
+    docker: bool = False,
+    say: Say = print,
+    releases: Sequence[str] | None = None,
 ) -> Iterator[Lab]:
     """Boot a lab for the duration of a block and always tear it down (test fixtures)."""
     try:
-        yield lab_up(count, docker, inventory_path, config, say)
+        yield lab_up(count, docker, inventory_path, config, say, releases)
     finally:
         lab_down(config, say)

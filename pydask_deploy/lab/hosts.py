@@ -1,7 +1,8 @@
-"""The hosts: one systemd-nspawn container each, booted over its own overlay of the rootfs.
+"""The hosts: one systemd-nspawn container each, booted over its own overlay of a rootfs.
 
 Each host gets its own cgroup (two hosts started from one would share their payload), its
-own host key and network file, and is powered off by a SIGTERM to its nspawn. What a host
+own host key and network file, and is powered off by a SIGTERM to its nspawn. Its overlay
+outlives its nspawn, so a host can boot again on the same disk (a reboot). What a host
 leaves behind (mounts, cgroups, nspawn's propagate directory) is cleaned here too.
 """
 
@@ -14,10 +15,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pydask_deploy.lab.config import REGISTRY_PORT, LabConfig, LabHost
+from pydask_deploy.lab.config import (
+    REGISTRY_PORT,
+    SUITE,
+    UNIFIED_CGROUP_RELEASES,
+    LabConfig,
+    LabHost,
+)
 from pydask_deploy.lab.record import host_marker
 from pydask_deploy.lab.system import make_key, mounts_under, pid_alive, run, unmount
 
@@ -35,13 +42,17 @@ def _cgroup_dirs(config: LabConfig, name: str) -> list[Path]:
     return [root / f"pydask-lab-{config.bridge}" / name for root in _cgroup_roots()]
 
 
-def _kill_leftovers(config: LabConfig) -> None:
-    """SIGKILL what still runs in the lab's cgroups: a host whose nspawn died leaves its init."""
+def _kill_leftovers(config: LabConfig, name: str | None = None) -> None:
+    """SIGKILL what still runs in the lab's cgroups (or one host's): a host whose nspawn
+    died leaves its init."""
+    tops = [root / f"pydask-lab-{config.bridge}" for root in _cgroup_roots()]
+    if name is not None:
+        tops = _cgroup_dirs(config, name)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         pids: set[int] = set()
-        for root in _cgroup_roots():
-            for procs in (root / f"pydask-lab-{config.bridge}").rglob("cgroup.procs"):
+        for top in tops:
+            for procs in top.rglob("cgroup.procs"):
                 with contextlib.suppress(OSError, ValueError):
                     pids.update(int(p) for p in procs.read_text().split())
         if not pids:
@@ -66,14 +77,13 @@ def _remove_cgroups(config: LabConfig) -> None:
             top.rmdir()
 
 
-def prepare_host(config: LabConfig, index: int, count: int, docker: bool) -> Path:
-    """Mount the host's overlay and write its identity: host key, network, /etc/hosts."""
-    name = f"h{index}"
+def mount_overlay(config: LabConfig, name: str, docker: bool, release: str = SUITE) -> Path:
+    """Mount the host's disk, its overlay over ``release``'s rootfs, unless it is mounted."""
     d = config.run_dir / name
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     root = d / "root"
-    lower = str(config.rootfs)
+    lower = str(config.rootfs_of(release))
     if docker:
         lower = f"{config.docker_layer / 'upper'}:{lower}"
     if not os.path.ismount(root):
@@ -88,6 +98,16 @@ def prepare_host(config: LabConfig, index: int, count: int, docker: bool) -> Pat
                 str(root),
             ]
         )
+    return d
+
+
+def prepare_host(
+    config: LabConfig, index: int, count: int, docker: bool, release: str = SUITE
+) -> Path:
+    """Mount a new host's overlay and write its identity: host key, network, /etc/hosts."""
+    name = f"h{index}"
+    d = mount_overlay(config, name, docker, release)
+    root = d / "root"
     keys = root / "etc/ssh"
     for old in keys.glob("ssh_host_*"):
         old.unlink()
@@ -116,7 +136,7 @@ def _machine_name(config: LabConfig, name: str) -> str:
     return f"{config.bridge}-{name}"
 
 
-def start_host(config: LabConfig, index: int, docker: bool) -> int:
+def start_host(config: LabConfig, index: int, docker: bool, release: str = SUITE) -> int:
     """Start the host's nspawn in its own cgroup; return the nspawn PID."""
     name = f"h{index}"
     d = config.run_dir / name
@@ -146,9 +166,11 @@ def start_host(config: LabConfig, index: int, docker: bool) -> int:
         f"--network-bridge={config.bridge}",
     ]
     env = dict(os.environ)
-    if docker:
-        # dockerd inside: pure cgroup v2, keyrings and bpf for runc, /var/lib/docker off overlayfs
+    if docker or release in UNIFIED_CGROUP_RELEASES:
+        # a pure cgroup v2 tree inside: dockerd needs it, and systemd >= 256 boots on no other
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
+    if docker:
+        # dockerd inside: keyrings and bpf for runc, /var/lib/docker off overlayfs
         cmd += [
             "--system-call-filter=add_key keyctl request_key bpf",
             f"--bind={d / 'docker'}:/var/lib/docker",
@@ -166,23 +188,64 @@ def start_host(config: LabConfig, index: int, docker: bool) -> int:
     return proc.pid
 
 
-def stop_hosts(config: LabConfig, hosts: Sequence[LabHost]) -> None:
-    """Power every host off at once (nspawn turns SIGTERM into an orderly poweroff), then reap."""
+def power_off(
+    config: LabConfig, hosts: Sequence[LabHost], timeout: float = 20
+) -> Iterator[tuple[LabHost, float]]:
+    """Power every host off at once (nspawn turns SIGTERM into an orderly poweroff) and yield
+    each, with the seconds it took, as its nspawn exits; after ``timeout`` seconds the nspawns
+    still there are killed. A host already off is yielded at once."""
+    started = time.monotonic()
     alive = [h for h in hosts if pid_alive(h.pid, host_marker(config, h.name))]
+    for h in hosts:
+        if h not in alive:
+            yield h, 0.0
     for h in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(h.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for h in alive:
-        while pid_alive(h.pid, host_marker(config, h.name)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(h.pid, host_marker(config, h.name)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(h.pid, signal.SIGKILL)
-    # Reap our own children if this process started them; ignore the rest.
-    for h in alive:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(h.pid, os.WNOHANG)
+    deadline = started + timeout
+    pending = list(alive)
+    while pending:
+        for h in list(pending):
+            if not pid_alive(h.pid, host_marker(config, h.name)):
+                # reap our own child if this process started it; ignore the rest
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(h.pid, os.WNOHANG)
+                pending.remove(h)
+                yield h, time.monotonic() - started
+        if pending and time.monotonic() >= deadline:
+            for h in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(h.pid, signal.SIGKILL)
+            deadline = float("inf")  # killed: they are gone as soon as the kernel says so
+        if pending:
+            time.sleep(0.05)
+
+
+def stop_hosts(config: LabConfig, hosts: Sequence[LabHost], timeout: float = 20) -> None:
+    """Power every host off at once and wait until every nspawn is gone (``power_off``)."""
+    for _ in power_off(config, hosts, timeout):
+        pass
+
+
+def reset_host(config: LabConfig, name: str) -> None:
+    """Make a stopped host ready to boot again on its disk: kill what its nspawn left in its
+    cgroups and remove them (nspawn makes its payload and supervisor cgroups anew), remove
+    its propagate directory, and wait for its veth to go (a new one takes the same name)."""
+    _kill_leftovers(config, name)
+    for top in _cgroup_dirs(config, name):
+        if top.is_dir():
+            for d in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if d.is_dir():
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+    machine = _machine_name(config, name)
+    shutil.rmtree(Path("/run/systemd/nspawn/propagate") / machine, ignore_errors=True)
+    veth = f"vb-{machine}"  # nspawn's name for it, when it fits in 15 characters
+    deadline = time.monotonic() + 10
+    while len(veth) <= 15 and time.monotonic() < deadline:
+        if subprocess.run(["ip", "link", "show", veth], capture_output=True).returncode:
+            break
+        time.sleep(0.1)
 
 
 def clean_state(config: LabConfig) -> None:

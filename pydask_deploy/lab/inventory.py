@@ -13,7 +13,7 @@ import yaml
 
 from pydask_deploy.inventory.generate import render
 from pydask_deploy.inventory.generate.spec import ClusterSpec, HostEntry
-from pydask_deploy.lab.config import SSH_OPTIONS, Lab, LabHost
+from pydask_deploy.lab.config import SSH_OPTIONS, Lab, LabHost, release_flags
 
 PREAMBLE = (
     "Written by `pydask-deploy lab up`: the local lab's hosts.",
@@ -28,7 +28,7 @@ def _entry(host: LabHost) -> HostEntry:
 def inventory_spec(lab: Lab) -> ClusterSpec:
     """The lab as a cluster to write: first host schedules, the rest work."""
     first, *rest = lab.hosts
-    docker = " --docker" if lab.docker else ""
+    flags = release_flags([h.release for h in lab.hosts]) + (" --docker" if lab.docker else "")
     workers = rest or [first]  # a one-host lab runs the scheduler and a worker together
     common_vars: dict[str, object] = {
         "ansible_user": "root",
@@ -42,7 +42,7 @@ def inventory_spec(lab: Lab) -> ClusterSpec:
         scheduler=_entry(first),
         workers=tuple(_entry(h) for h in workers),
         common_vars=common_vars,
-        source=f"pydask-deploy lab up --hosts {len(lab.hosts)}{docker}",
+        source=f"pydask-deploy lab up --hosts {len(lab.hosts)}{flags}",
         notes=(
             "The lab's hosts reach nothing but this machine: `dask_wheelhouse` has the "
             "controller download the wheels and ship them.",

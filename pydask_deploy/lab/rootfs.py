@@ -1,18 +1,22 @@
-"""The hosts' shared root filesystem and its package layers, built once and cached.
+"""The hosts' shared root filesystems and their package layers, built once and cached.
 
-The rootfs is a Debian minbase made by mmdebstrap from this machine's own apt sources, with
-the lab's key allowed for root; a layer (docker.io for ``--docker`` hosts) is installed by
-chroot into an overlay over it and stacked as an extra lower directory.
+A rootfs (one per Debian release) is a minbase made by mmdebstrap from this machine's own
+apt sources (another release's from the same mirrors), with the lab's key allowed for root;
+a layer (docker.io for ``--docker`` hosts, over the default release's) is installed by chroot
+into an overlay over it and stacked as an extra lower directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydask_deploy.errors import LabUsageError
-from pydask_deploy.lab.config import SUITE, LabConfig, Say
+from pydask_deploy.lab.config import RELEASES, SUITE, LabConfig, Say
 from pydask_deploy.lab.system import make_key, run, unmount
 
 # What every lab host has installed; the rootfs is rebuilt when this list changes.
@@ -40,38 +44,150 @@ def ensure_key(config: LabConfig) -> Path:
     return config.key_path
 
 
-def _apt_sources() -> str:
-    """This machine's own apt sources, handed to mmdebstrap as its mirror."""
+def _apt_sources_file() -> Path:
+    """This machine's own apt sources, which the hosts' rootfs is built from."""
     deb822 = Path("/etc/apt/sources.list.d/debian.sources")
     if deb822.exists():
-        return str(deb822)
+        return deb822
     legacy = Path("/etc/apt/sources.list")
     if legacy.exists() and legacy.read_text().strip():
-        return str(legacy)
+        return legacy
     raise LabUsageError(
         "no apt sources found (/etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list);"
         " the lab builds its hosts' root filesystem from this machine's Debian sources"
     )
 
 
-def ensure_rootfs(config: LabConfig, say: Say) -> None:
-    """Build the cached root filesystem once (mmdebstrap); rebuild when packages or key change.
+def own_release(os_release: Path = Path("/etc/os-release")) -> str:
+    """This machine's Debian codename (``VERSION_CODENAME``), or "" when it has none."""
+    try:
+        lines = os_release.read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_CODENAME":
+            return value.strip().strip("\"'")
+    return ""
+
+
+def sources_for_release(text: str, own: str, release: str, origin: str) -> str:
+    """``text`` (apt sources, deb822 or one-line) with this machine's suites turned into
+    ``release``'s: ``bookworm-updates`` becomes ``trixie-updates``, from the same mirrors.
+
+    Raises ``LabUsageError`` when no suite names ``own``: nothing to derive from.
+    """
+
+    def suite(word: str) -> str:
+        if word == own or word.startswith(f"{own}-"):
+            return release + word[len(own) :]
+        return word
+
+    out: list[str] = []
+    changed = False
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "suites":
+            words = value.split()
+            new = [suite(w) for w in words]
+            changed |= new != words
+            out.append(f"{key}: {' '.join(new)}")
+            continue
+        fields = line.split()
+        if fields and fields[0] in ("deb", "deb-src"):
+            # deb [options] URI SUITE COMPONENT...: the suite follows the URI
+            at = 1
+            if fields[1].startswith("["):
+                while not fields[at].endswith("]"):
+                    at += 1
+                at += 1
+            if len(fields) > at + 1:
+                old = fields[at + 1]
+                fields[at + 1] = suite(old)
+                changed |= fields[at + 1] != old
+                out.append(" ".join(fields))
+                continue
+        out.append(line)
+    if not changed:
+        raise LabUsageError(
+            f"cannot build a {release} root filesystem from {origin}: none of its suites "
+            f"names this machine's release ({own or 'unknown'}) to derive {release}'s from"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _mirror_args(release: str) -> tuple[list[str], str | None]:
+    """mmdebstrap's mirror argument for ``release`` and what it reads on stdin.
+
+    This machine's own release is built from its sources file as is; another release from
+    the same mirrors with the suites renamed, handed over on stdin (nothing is written).
+    """
+    source = _apt_sources_file()
+    own = own_release()
+    if release == own:
+        return [str(source)], None
+    return ["-"], sources_for_release(source.read_text(), own, release, str(source))
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock while one lab checks and builds a cached tree: two labs booting
+    at once (several test sessions share the cache) would otherwise build it on each other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _stamp_path(config: LabConfig, release: str) -> Path:
+    return config.cache_dir / f"rootfs-{release}.stamp"
+
+
+def _adopt_legacy_stamp(config: LabConfig, release: str, wanted: str) -> None:
+    """Caches made before releases have one ``rootfs.stamp`` for the default release: take
+    it over when it matches (copied, not moved, so older checkouts sharing the cache do not
+    rebuild a rootfs that running labs use)."""
+    legacy = config.cache_dir / "rootfs.stamp"
+    stamp = _stamp_path(config, release)
+    taken = release == SUITE and not stamp.exists() and legacy.exists()
+    if taken and legacy.read_text() == wanted:
+        stamp.write_text(wanted)
+
+
+def ensure_rootfs(config: LabConfig, say: Say, release: str = SUITE) -> None:
+    """Build ``release``'s cached root filesystem once (mmdebstrap); rebuild it when the
+    packages or the key change.
 
     Running labs use it as their read-only lower layer, so it is never touched otherwise.
     """
-    stamp = config.cache_dir / "rootfs.stamp"
+    if release not in RELEASES:
+        raise LabUsageError(f"unknown release {release!r}; the lab knows {', '.join(RELEASES)}")
     key = ensure_key(config)
     public_key = Path(f"{key}.pub").read_text()
-    wanted = " ".join((SUITE, *ROOTFS_PACKAGES)) + "\n" + public_key
-    built = (config.rootfs / "lib/systemd/systemd").exists() and stamp.exists()
-    if built and stamp.read_text() == wanted:
-        return
+    wanted = " ".join((release, *ROOTFS_PACKAGES)) + "\n" + public_key
+    rootfs = config.rootfs_of(release)
+    stamp = _stamp_path(config, release)
+    with _build_lock(config.cache_dir / f"rootfs-{release}.lock"):
+        _adopt_legacy_stamp(config, release, wanted)
+        built = (rootfs / "lib/systemd/systemd").exists() and stamp.exists()
+        if built and stamp.read_text() == wanted:
+            return
+        stamp.unlink(missing_ok=True)  # a build that fails half-way is never taken as done
+        _build_rootfs(rootfs, release, public_key, say)
+        stamp.write_text(wanted)
+
+
+def _build_rootfs(root: Path, release: str, public_key: str, say: Say) -> None:
+    """mmdebstrap a minbase ``release`` into ``root`` and make it a lab host's system."""
     if shutil.which("mmdebstrap") is None:
         raise LabUsageError("`mmdebstrap` not found; run scripts/setup (apt package mmdebstrap)")
-    say(f"building the lab's root filesystem in {config.rootfs} (once, ~30 s)")
-    stamp.unlink(missing_ok=True)
-    if config.rootfs.exists():
-        shutil.rmtree(config.rootfs)
+    mirrors, stdin = _mirror_args(release)
+    say(f"building the lab's {release} root filesystem in {root} (once, ~30 s)")
+    if root.exists():
+        shutil.rmtree(root)
     started = time.monotonic()
     run(
         [
@@ -79,12 +195,12 @@ def ensure_rootfs(config: LabConfig, say: Say) -> None:
             "--variant=minbase",
             "--include=" + ",".join(ROOTFS_PACKAGES),
             '--aptopt=Acquire::Check-Valid-Until "false"',
-            SUITE,
-            str(config.rootfs),
-            _apt_sources(),
-        ]
+            release,
+            str(root),
+            *mirrors,
+        ],
+        input=stdin,
     )
-    root = config.rootfs
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(public_key)
@@ -109,8 +225,7 @@ def ensure_rootfs(config: LabConfig, say: Say) -> None:
         ],
     ):
         run(["chroot", str(root), "systemctl", *args])
-    stamp.write_text(wanted)
-    say(f"root filesystem built in {time.monotonic() - started:.0f} s")
+    say(f"{release} root filesystem built in {time.monotonic() - started:.0f} s")
 
 
 def ensure_docker_layer(config: LabConfig, say: Say) -> None:

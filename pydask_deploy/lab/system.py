@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,19 @@ def raise_sysctl(name: str, minimum: int) -> None:
             proc_path.write_text(str(minimum))
     except OSError:
         pass
+
+
+def inotify_instances() -> int:
+    """How many inotify instances the machine's processes hold (the limit is per user, and
+    every lab on this machine, its hosts' systemds included, draws on root's)."""
+    count = 0
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        count += links.count("anon_inode:inotify")
+    return count
 
 
 def make_key(path: Path, comment: str) -> None:

@@ -475,6 +475,90 @@ def host_roles(inventory: Inventory, host: Host) -> tuple[tuple[str, str], ...]:
     return tuple(roles)
 
 
+def _host_status(
+    inventory: Inventory,
+    host: Host,
+    probe: HostProbe | remote.Unreachable | None,
+    workers: tuple[WorkerView, ...],
+) -> tuple[HostStatus, list[Problem]]:
+    """One host's row and its problems: unreachable, a unit not installed or not active."""
+    shown = str(inventory.path)
+    roles = host_roles(inventory, host)
+    names = tuple(r for r, _ in roles)
+    is_worker = "worker" in names
+    expected = cluster.expected_workers(inventory, host) if is_worker else None
+    if not isinstance(probe, HostProbe):
+        reason = probe.reason if probe is not None else "not probed"
+        unreachable = Problem(
+            host.name,
+            f"unreachable ({reason})",
+            f"check that {host.name} ({host.address}) is up and accepts SSH "
+            f"as Ansible reaches it (`ansible {host.name} -i {shown} -m ping`)",
+        )
+        status = HostStatus(
+            host.name, host.address, names, error=reason, expected=expected, workers=workers
+        )
+        return status, [unreachable]
+    hint = _LOGS_HINT.format(inv=shown, host=host.name)
+    rows, problems = [], []
+    for role, unit in roles:
+        state = probe.units.get(unit, UnitState(unit))
+        rows.append(UnitRow(unit, role, state, probe.ports_of(state)))
+        if not state.installed:
+            apply = f"run `pydask-deploy apply {shown} --limit {host.name}`"
+            problems.append(Problem(host.name, f"{unit} is not installed", apply))
+        elif not state.active:
+            again = f"then `pydask-deploy apply {shown} --limit {host.name}` starts it"
+            problems.append(Problem(host.name, f"{unit} is {state.state}", f"{hint}, {again}"))
+    status = HostStatus(
+        host.name,
+        host.address,
+        names,
+        units=tuple(rows),
+        addresses=probe.addresses,
+        expected=expected,
+        workers=workers,
+    )
+    return status, problems
+
+
+_LOGS_HINT = "see `pydask-deploy logs {inv} {host}`"
+
+
+def _scheduler_problems(
+    inventory: Inventory,
+    view: SchedulerView,
+    hosts: Sequence[HostStatus],
+    problems: Sequence[Problem],
+) -> list[Problem]:
+    """What the scheduler's view adds: it does not answer, or a host lacks workers (a host
+    that already has a problem is not named twice)."""
+    shown = str(inventory.path)
+    scheduler = inventory.scheduler
+    named = {p.host for p in problems}
+    if not view.answered:
+        if scheduler.name in named:  # a stopped or unreachable scheduler host says why
+            return []
+        return [
+            Problem(
+                scheduler.name,
+                f"the scheduler at {view.address} does not answer ({view.error})",
+                _LOGS_HINT.format(inv=shown, host=scheduler.name),
+            )
+        ]
+    return [
+        Problem(
+            status.name,
+            f"{len(status.workers)} of {status.expected} workers registered",
+            _LOGS_HINT.format(inv=shown, host=status.name),
+        )
+        for status in hosts
+        if status.expected is not None
+        and len(status.workers) != status.expected
+        and status.name not in named
+    ]
+
+
 def assess(
     inventory: Inventory,
     probes: Mapping[str, HostProbe | remote.Unreachable],
@@ -488,10 +572,6 @@ def assess(
     ``addresses`` are each host's addresses as the read round learnt them; without them, a
     host's inventory address and those its probe reported.
     """
-    shown = str(inventory.path)
-    logs_hint = "see `pydask-deploy logs {inv} {host}`"
-    problems: list[Problem] = []
-    hosts: list[HostStatus] = []
     if addresses is None:
         addresses = {
             h.name: {h.address, *(p.addresses if isinstance(p, HostProbe) else ())}
@@ -499,98 +579,27 @@ def assess(
             for p in [probes.get(h.name)]
         }
     registered, strangers = cluster.assign_workers(view.workers, addresses)
-    worker_names = {w.address: name for name, ws in registered.items() for w in ws}
-
+    hosts: list[HostStatus] = []
+    problems: list[Problem] = []
     for host in inventory.hosts:
-        roles = host_roles(inventory, host)
-        probe = probes.get(host.name)
-        is_worker = any(role == "worker" for role, _ in roles)
-        expected = cluster.expected_workers(inventory, host) if is_worker else None
-        workers = registered.get(host.name, ())
-        hint = logs_hint.format(inv=shown, host=host.name)
-        if not isinstance(probe, HostProbe):
-            reason = probe.reason if probe is not None else "not probed"
-            hosts.append(
-                HostStatus(
-                    host.name,
-                    host.address,
-                    tuple(r for r, _ in roles),
-                    error=reason,
-                    expected=expected,
-                    workers=workers,
-                )
-            )
-            problems.append(
-                Problem(
-                    host.name,
-                    f"unreachable ({reason})",
-                    f"check that {host.name} ({host.address}) is up and accepts SSH "
-                    f"as Ansible reaches it (`ansible {host.name} -i {shown} -m ping`)",
-                )
-            )
-            continue
-        rows = []
-        for role, unit in roles:
-            state = probe.units.get(unit, UnitState(unit))
-            rows.append(UnitRow(unit, role, state, probe.ports_of(state)))
-            if not state.installed:
-                problems.append(
-                    Problem(
-                        host.name,
-                        f"{unit} is not installed",
-                        f"run `pydask-deploy apply {shown} --limit {host.name}`",
-                    )
-                )
-            elif not state.active:
-                again = f"then `pydask-deploy apply {shown} --limit {host.name}` starts it"
-                problems.append(Problem(host.name, f"{unit} is {state.state}", f"{hint}, {again}"))
-        hosts.append(
-            HostStatus(
-                host.name,
-                host.address,
-                tuple(r for r, _ in roles),
-                units=tuple(rows),
-                addresses=probe.addresses,
-                expected=expected,
-                workers=workers,
-            )
+        status, found = _host_status(
+            inventory, host, probes.get(host.name), registered.get(host.name, ())
         )
-
-    scheduler = inventory.scheduler
-    if not view.answered:
-        # a stopped or unreachable scheduler host already says why it does not answer
-        if not any(p.host == scheduler.name for p in problems):
-            problems.append(
-                Problem(
-                    scheduler.name,
-                    f"the scheduler at {view.address} does not answer ({view.error})",
-                    logs_hint.format(inv=shown, host=scheduler.name),
-                )
-            )
-    else:
-        for status in hosts:
-            if status.expected is not None and len(status.workers) != status.expected:
-                # an unreachable or stopped host already has its problem; say it once
-                if any(p.host == status.name for p in problems):
-                    continue
-                problems.append(
-                    Problem(
-                        status.name,
-                        f"{len(status.workers)} of {status.expected} workers registered",
-                        logs_hint.format(inv=shown, host=status.name),
-                    )
-                )
+        hosts.append(status)
+        problems += found
+    problems += _scheduler_problems(inventory, view, hosts, problems)
+    worker_names = {w.address: name for name, ws in registered.items() for w in ws}
     skew, client_skew = version_skew(view.versions, worker_names)
     if skew:
         problems.append(
             Problem(
                 None,
                 "version skew: " + "; ".join(skew),
-                f"run `pydask-deploy apply {shown}` to put every host on one runtime",
+                f"run `pydask-deploy apply {inventory.path}` to put every host on one runtime",
             )
         )
     return ClusterStatus(
-        inventory=shown,
+        inventory=str(inventory.path),
         hosts=tuple(hosts),
         scheduler=view,
         problems=tuple(problems),
