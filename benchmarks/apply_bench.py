@@ -14,7 +14,7 @@ move the lab off its default bridge, pdbench0 and 10.238.0.0/24):
 - a cold apply on fresh hosts whose venv was never built: one host builds it (`first`);
 - with `--before REV`, the cold apply of that revision of pydask-deploy (fresh hosts);
 - on the converged cluster: the no-op apply (every host in sync, Ansible not started), the
-  no-op `apply --full`, the same with plain `ansible-playbook`, `status`, and the time a
+  no-op `apply --full`, the same with plain `ansible-playbook`, `verify`, `status`, and the time a
   Dask `SSHCluster` takes to start a scheduler and a worker on every host from the venv apply
   made, until every worker is registered (what `dask ssh` users compare with).
 
@@ -201,7 +201,7 @@ def bench(count: int, workdir: Path, before: str | None) -> dict[str, Any]:
         plain = [str(BIN / "ansible-playbook"), "-i", str(inventory), site]
         figures["no-op ansible-playbook"] = profiled(plain, config, ansible_env())
         status = [*tool, "status", str(inventory)]
-        run([*tool, "verify", str(inventory)])  # every worker registered
+        figures["verify"] = run([*tool, "verify", str(inventory)])[0]  # workers registered
         figures["status"] = median(status)
         figures["SSHCluster start (scheduler + a worker a host, same venv)"] = sshcluster_start(
             inventory
