@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -318,3 +319,20 @@ def test_the_record_and_the_inventory_keep_the_shares(tmp_path: Path) -> None:
     text = " ".join(w for w in path.read_text().split() if w != "#")  # comments unwrapped
     assert f"pydask-deploy lab up --hosts 2 --share {tmp_path}:/srv/share" in text
     assert f"Every host mounts {tmp_path} of this machine at /srv/share" in text
+
+
+def test_lab_down_says_when_it_removed_what_a_crashed_lab_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab down removes a lab's leftovers as root only")
+    state = tmp_path / "state"
+    monkeypatch.setenv("PYDASK_LAB_DIR", str(state))
+    monkeypatch.setenv("PYDASK_LAB_BRIDGE", "pdnone0")
+    (state / "hosts" / "h1").mkdir(parents=True)  # a host directory, no record of the lab
+    config = lab_module.LabConfig.from_env()
+    assert lab_module.has_leftovers(config)
+    result = CliRunner().invoke(main, ["lab", "down"])
+    assert result.exit_code == 0, result.output
+    assert "removed the mounts, host directories and bridge one left behind" in result.output
+    assert not lab_module.has_leftovers(config)

@@ -84,8 +84,15 @@ def lab_up_command(
 @reports_errors
 def lab_down_command() -> None:
     """Stop every lab host and remove its mounts, cgroups and bridge (keeps the cached rootfs)."""
-    stopped = lab_module.lab_down(lab_module.LabConfig.from_env(), say)
-    click.echo(f"lab down: {stopped} host(s) stopped" if stopped else "no lab is up; nothing to do")
+    config = lab_module.LabConfig.from_env()
+    leftovers = lab_module.read_lab(config) is None and lab_module.has_leftovers(config)
+    stopped = lab_module.lab_down(config, say)
+    if stopped:
+        click.echo(f"lab down: {stopped} host(s) stopped")
+    elif leftovers:
+        click.echo("no lab was up; removed the mounts, host directories and bridge one left behind")
+    else:
+        click.echo("no lab is up; nothing to do")
 
 
 @lab.command("reboot")

@@ -94,6 +94,7 @@ __all__ = [
     "ensure_key",
     "ensure_rootfs",
     "find_host",
+    "has_leftovers",
     "host_releases",
     "interfaces_on",
     "inventory_data",
@@ -170,7 +171,7 @@ def lab_up(
             )
     if existing is not None and len(running_hosts(existing)) == len(existing.hosts):
         say(f"a lab of {count} hosts is already up")
-    elif existing is not None or _has_leftovers(config):
+    elif existing is not None or has_leftovers(config):
         # A crashed run or a host that died: start from a clean slate rather than patch it.
         say("cleaning up a previous lab that did not shut down cleanly")
         lab_down(config, say)
@@ -255,7 +256,7 @@ def lab_up(
     return lab
 
 
-def _has_leftovers(config: LabConfig) -> bool:
+def has_leftovers(config: LabConfig) -> bool:
     """Whether a lab left mounts, its bridge or host directories behind."""
     return (
         bool(mounts_under(config.state_dir))
@@ -267,7 +268,7 @@ def _has_leftovers(config: LabConfig) -> bool:
 def lab_down(config: LabConfig, say: Say) -> int:
     """Stop every host and remove mounts, cgroups, bridge and services; return hosts stopped."""
     lab = read_lab(config)
-    if lab is None and not _has_leftovers(config):
+    if lab is None and not has_leftovers(config):
         return 0
     if os.geteuid() != 0:
         raise LabUsageError("the lab needs root to shut down (it unmounts overlays)")
