@@ -85,12 +85,12 @@ def lab_up_command(
 def lab_down_command() -> None:
     """Stop every lab host and remove its mounts, cgroups and bridge (keeps the cached rootfs)."""
     config = lab_module.LabConfig.from_env()
-    leftovers = lab_module.read_lab(config) is None and lab_module.has_leftovers(config)
+    leftovers = lab_module.read_lab(config) is not None or lab_module.has_leftovers(config)
     stopped = lab_module.lab_down(config, say)
     if stopped:
         click.echo(f"lab down: {stopped} host(s) stopped")
     elif leftovers:
-        click.echo("no lab was up; removed the mounts, host directories and bridge one left behind")
+        click.echo("no lab host was running; removed what a lab left behind (mounts, bridge, state)")
     else:
         click.echo("no lab is up; nothing to do")
 
