@@ -90,7 +90,7 @@ def lab_down_command() -> None:
     if stopped:
         click.echo(f"lab down: {stopped} host(s) stopped")
     elif leftovers:
-        click.echo("no lab host was running; removed what a lab left behind (mounts, bridge, state)")
+        click.echo("no lab host was running; removed what a lab left behind")
     else:
         click.echo("no lab is up; nothing to do")
 
