@@ -130,6 +130,87 @@ def check_can_run(config: LabConfig) -> None:
             )
 
 
+def _wanted_releases(count: int, docker: bool, releases: Sequence[str] | None) -> tuple[str, ...]:
+    """Each host's release, once the request is known to be one the lab can boot."""
+    if not 1 <= count <= MAX_HOSTS:
+        raise LabUsageError(f"--hosts must be between 1 and {MAX_HOSTS}, got {count}")
+    wanted = tuple(releases) if releases else (SUITE,) * count
+    if len(wanted) != count or any(r not in RELEASES for r in wanted):
+        raise LabUsageError(f"one release per host, of {', '.join(RELEASES)}; got {wanted}")
+    if docker and any(r != SUITE for r in wanted):
+        # the Docker package layer is built over the default release's rootfs
+        others = ", ".join(sorted(set(wanted) - {SUITE}))
+        raise LabUsageError(f"--docker hosts run {SUITE} only, not {others}")
+    return wanted
+
+
+def _refuse_another_lab(
+    existing: Lab, count: int, docker: bool, wanted: tuple[str, ...], shares: Sequence[Share]
+) -> None:
+    """A running lab of other options is the user's to take down, never ours to replace."""
+    up = len(running_hosts(existing))
+    have = tuple(h.release for h in existing.hosts)
+    if (len(existing.hosts), existing.docker, have, existing.shares) == (
+        count,
+        docker,
+        wanted,
+        tuple(shares),
+    ):
+        return
+    flags = ["--docker"] * existing.docker + [f"--share {s.spec}" for s in existing.shares]
+    kind = f" with {' '.join(flags)}" if flags else ""
+    raise LabUsageError(
+        f"a lab of {len(existing.hosts)} hosts{describe_releases(have)}{kind} is "
+        f"already up ({up} running); run `pydask-deploy lab down` first, then `lab up` "
+        "with the new options"
+    )
+
+
+def _start_missing_hosts(
+    config: LabConfig,
+    existing: Lab | None,
+    wanted: tuple[str, ...],
+    docker: bool,
+    shares: Sequence[Share],
+) -> list[LabHost]:
+    """The lab's hosts: those already running kept, the others prepared and started."""
+    count = len(wanted)
+    hosts: list[LabHost] = []
+    for index in range(1, count + 1):
+        name = f"h{index}"
+        old = next((h for h in existing.hosts if h.name == name), None) if existing else None
+        if old is not None:
+            hosts.append(old)
+            continue
+        release = wanted[index - 1]
+        prepare_host(config, index, count, docker, release)
+        pid = start_host(config, index, docker, release, shares)
+        hosts.append(
+            LabHost(
+                name=name, address=config.address_of(index), index=index, pid=pid, release=release
+            )
+        )
+    return hosts
+
+
+def _booted(config: LabConfig, hosts: list[LabHost], fresh: bool) -> tuple[LabHost, ...]:
+    """The hosts once each has booted (or failed to), with its state and boot time."""
+    states = remote.wait_until_booted(
+        [(h.name, h.address) for h in hosts], key=config.key_path, timeout=180
+    )
+    return tuple(
+        replace(
+            h,
+            # an answer from a host whose nspawn is gone came from something else
+            state=states[h.name].state
+            if pid_alive(h.pid, host_marker(config, h.name))
+            else "failed to start",
+            boot_seconds=states[h.name].seconds if fresh else h.boot_seconds,
+        )
+        for h in hosts
+    )
+
+
 def lab_up(
     count: int,
     docker: bool,
@@ -142,33 +223,11 @@ def lab_up(
     """Boot ``count`` hosts (idempotent for a lab of that size and kind) and write the
     inventory; ``releases`` names each host's Debian release (default: all ``SUITE``),
     ``shares`` the directories of this machine every host mounts."""
-    if not 1 <= count <= MAX_HOSTS:
-        raise LabUsageError(f"--hosts must be between 1 and {MAX_HOSTS}, got {count}")
-    wanted = tuple(releases) if releases else (SUITE,) * count
-    if len(wanted) != count or any(r not in RELEASES for r in wanted):
-        raise LabUsageError(f"one release per host, of {', '.join(RELEASES)}; got {wanted}")
-    if docker and any(r != SUITE for r in wanted):
-        # the Docker package layer is built over the default release's rootfs
-        others = ", ".join(sorted(set(wanted) - {SUITE}))
-        raise LabUsageError(f"--docker hosts run {SUITE} only, not {others}")
+    wanted = _wanted_releases(count, docker, releases)
     check_can_run(config)
     existing = read_lab(config)
     if existing is not None and running_hosts(existing):
-        up = len(running_hosts(existing))
-        have = tuple(h.release for h in existing.hosts)
-        if (
-            len(existing.hosts) != count
-            or existing.docker != docker
-            or have != wanted
-            or existing.shares != tuple(shares)
-        ):
-            flags = ["--docker"] * existing.docker + [f"--share {s.spec}" for s in existing.shares]
-            kind = f" with {' '.join(flags)}" if flags else ""
-            raise LabUsageError(
-                f"a lab of {len(existing.hosts)} hosts{describe_releases(have)}{kind} is "
-                f"already up ({up} running); run `pydask-deploy lab down` first, then `lab up` "
-                "with the new options"
-            )
+        _refuse_another_lab(existing, count, docker, wanted, shares)
     if existing is not None and len(running_hosts(existing)) == len(existing.hosts):
         say(f"a lab of {count} hosts is already up")
     elif existing is not None or has_leftovers(config):
@@ -189,21 +248,7 @@ def lab_up(
 
     started = time.monotonic()
     services = dict(existing.services) if existing else {}
-    hosts: list[LabHost] = []
-    for index in range(1, count + 1):
-        name = f"h{index}"
-        old = next((h for h in existing.hosts if h.name == name), None) if existing else None
-        if old is not None:
-            hosts.append(old)
-            continue
-        release = wanted[index - 1]
-        prepare_host(config, index, count, docker, release)
-        pid = start_host(config, index, docker, release, shares)
-        hosts.append(
-            LabHost(
-                name=name, address=config.address_of(index), index=index, pid=pid, release=release
-            )
-        )
+    hosts = _start_missing_hosts(config, existing, wanted, docker, shares)
     registry = f"{config.gateway}:{REGISTRY_PORT}" if docker else None
     if docker and not pid_alive(services.get("registry", 0), "docker-registry"):
         services["registry"] = start_registry(config)
@@ -218,34 +263,9 @@ def lab_up(
     write_record(lab)  # record PIDs first, so `lab down` can clean up a failed boot
 
     say(f"waiting for {count} host(s) to finish booting")
-    states = remote.wait_until_booted(
-        [(h.name, h.address) for h in hosts], key=config.key_path, timeout=180
-    )
-    booted = tuple(
-        LabHost(
-            name=h.name,
-            address=h.address,
-            index=h.index,
-            pid=h.pid,
-            # an answer from a host whose nspawn is gone came from something else
-            state=states[h.name].state
-            if pid_alive(h.pid, host_marker(config, h.name))
-            else "failed to start",
-            boot_seconds=h.boot_seconds if existing else states[h.name].seconds,
-            release=h.release,
-        )
-        for h in hosts
-    )
-    lab = Lab(
-        config=config,
-        hosts=booted,
-        docker=docker,
-        registry=registry,
-        services=services,
-        shares=tuple(shares),
-    )
+    lab = replace(lab, hosts=_booted(config, hosts, fresh=existing is None))
     write_record(lab)
-    bad = [h for h in booted if h.state not in ("running", "degraded")]
+    bad = [h for h in lab.hosts if h.state not in ("running", "degraded")]
     write_inventory(lab, inventory_path)
     if bad:
         names = ", ".join(f"{h.name} ({h.state})" for h in bad)
