@@ -64,14 +64,14 @@ def median(argv: list[str], env: dict[str, str] | None = None, runs: int = RUNS)
     return statistics.median(run(argv, env)[0] for _ in range(runs))
 
 
-def lab_config(workdir: Path) -> lab_module.LabConfig:
-    """The benchmark's lab: from PYDASK_LAB_* when set, else its own default bridge."""
+def lab_config(
+    workdir: Path, bridge: str = "pdbench0", subnet: str = "10.238.0.0/24"
+) -> lab_module.LabConfig:
+    """The benchmark's lab: from PYDASK_LAB_* when set, else its own bridge and subnet."""
     if "PYDASK_LAB_DIR" in os.environ:
         return lab_module.LabConfig.from_env()
     return lab_module.LabConfig(
-        state_dir=workdir / "lab",
-        bridge="pdbench0",
-        subnet=ipaddress.IPv4Network("10.238.0.0/24"),
+        state_dir=workdir / "lab", bridge=bridge, subnet=ipaddress.IPv4Network(subnet)
     )
 
 

@@ -17,9 +17,7 @@ Boots fresh hosts, applies, then:
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,21 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from apply_bench import fresh_lab, lab_env, run
+from apply_bench import fresh_lab, lab_config, lab_env, run
 
 from pydask_deploy import lab as lab_module
 
 RUNS = 3
-
-
-def lab_config(workdir: Path) -> lab_module.LabConfig:
-    if "PYDASK_LAB_DIR" in os.environ:
-        return lab_module.LabConfig.from_env()
-    return lab_module.LabConfig(
-        state_dir=workdir / "lab",
-        bridge="pdbench2",
-        subnet=ipaddress.IPv4Network("10.240.0.0/24"),
-    )
 
 
 def floor(inventory: Path, config: lab_module.LabConfig, host: str) -> float:
@@ -80,7 +68,7 @@ def floor(inventory: Path, config: lab_module.LabConfig, host: str) -> float:
 
 
 def bench(count: int, workdir: Path) -> dict[str, Any]:
-    config = lab_config(workdir)
+    config = lab_config(workdir, bridge="pdbench2", subnet="10.240.0.0/24")
     inventory = workdir / f"lab{count}.yml"
     tool = [sys.executable, "-m", "pydask_deploy"]
     env = lab_env(config)

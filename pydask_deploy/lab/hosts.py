@@ -27,7 +27,7 @@ from pydask_deploy.lab.config import (
     Share,
 )
 from pydask_deploy.lab.record import host_marker
-from pydask_deploy.lab.system import make_key, mounts_under, pid_alive, run, unmount
+from pydask_deploy.lab.system import make_key, mounts_under, overlay, pid_alive, run, unmount
 
 
 def _cgroup_roots() -> list[Path]:
@@ -88,17 +88,7 @@ def mount_overlay(config: LabConfig, name: str, docker: bool, release: str = SUI
     if docker:
         lower = f"{config.docker_layer / 'upper'}:{lower}"
     if not os.path.ismount(root):
-        run(
-            [
-                "mount",
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                f"lowerdir={lower},upperdir={d / 'upper'},workdir={d / 'work'}",
-                str(root),
-            ]
-        )
+        overlay(lower, d / "upper", d / "work", root)
     return d
 
 

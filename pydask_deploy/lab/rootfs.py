@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydask_deploy.errors import LabUsageError
 from pydask_deploy.lab.config import RELEASES, SUITE, LabConfig, Say
-from pydask_deploy.lab.system import make_key, run, unmount
+from pydask_deploy.lab.system import make_key, overlay, run, unmount
 
 # What every lab host has installed; the rootfs is rebuilt when this list changes.
 ROOTFS_PACKAGES = (
@@ -241,17 +241,7 @@ def ensure_docker_layer(config: LabConfig, say: Say) -> None:
     upper, work, merged = layer / "upper", layer / "work", layer / "merged"
     for d in (upper, work, merged):
         d.mkdir(parents=True)
-    run(
-        [
-            "mount",
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            f"lowerdir={config.rootfs},upperdir={upper},workdir={work}",
-            str(merged),
-        ]
-    )
+    overlay(str(config.rootfs), upper, work, merged)
     binds = [merged / "proc", merged / "sys", merged / "dev"]
     try:
         for b in binds:

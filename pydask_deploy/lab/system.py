@@ -46,6 +46,12 @@ def mounts_under(path: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
+def overlay(lower: str, upper: Path, work: Path, target: Path) -> None:
+    """Mount an overlay of ``upper`` over ``lower`` (colon-separated layers) at ``target``."""
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)])
+
+
 def unmount(point: Path) -> None:
     """Unmount ``point``; lazily when it is busy (a dying host may still hold it)."""
     if subprocess.run(["umount", str(point)], capture_output=True).returncode != 0:
