@@ -277,9 +277,9 @@ def test_rolling_upgrade_keeps_every_held_key_and_a_plain_restart_loses_them(
         retired_at = next(i for i, line in enumerate(progress) if "retiring" in line)
         assert staged_at < retired_at
         assert staging["seconds"] > 0
-        assert report["seconds"] >= staging["seconds"] + sum(
-            b["seconds"] for b in report["batches"]
-        )
+        # each figure is rounded to 0.01 s: their sum may pass the rounded total by that much
+        parts = staging["seconds"] + sum(b["seconds"] for b in report["batches"])
+        assert report["seconds"] >= parts - 0.01 * (len(report["batches"]) + 2), report
         # every batch went through retire -> restart -> registered, one host each
         assert [b["hosts"] for b in report["batches"]] == [[w.name] for w in workers]
         assert {b["outcome"] for b in report["batches"]} == {"upgraded"}
