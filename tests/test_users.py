@@ -173,6 +173,25 @@ def test_apply_leaves_the_existing_account_as_it_was(users_lab: UsersLab, closed
         assert found == ""
 
 
+def test_an_existing_accounts_key_and_data_are_hers_alone(
+    users_lab: UsersLab, closed: Path
+) -> None:
+    """Her primary group may be shared (``users``): the host's TLS key, with which anyone
+    could run code as her on the cluster, and the workers' data are readable by her only."""
+    tls = f"/etc/dask/{contract.TLS_DIR}"
+    shown = ssh(
+        users_lab.lab,
+        CPU_HOST,
+        f"stat -c '%n %U %G %a' {tls} {tls}/host.key /var/lib/dask /var/lib/dask/worker",
+    )
+    assert shown.splitlines() == [
+        f"{tls} alice root 750",
+        f"{tls}/host.key alice root 640",
+        "/var/lib/dask alice alice 700",
+        "/var/lib/dask/worker alice alice 700",
+    ]
+
+
 def test_the_sandbox_blocks_the_write_and_the_home_read(users_lab: UsersLab, closed: Path) -> None:
     import dask.dataframe as dd
 
