@@ -220,19 +220,29 @@ _DOCKER_LEFTOVERS = (
 )
 
 
-def test_docker_destroy_removes_units_containers_and_every_image(
+def test_docker_destroy_removes_units_containers_and_the_images_it_ran(
     docker_lab: lab_module.Lab, docker_inventory: Path
 ) -> None:
-    """Runs after the upgrade: both images the runtime ran are on the hosts, and both go."""
+    """Runs after the upgrade: both images the runtime ran are on the hosts, and both go; an
+    image of the same repository that the cluster never ran stays."""
     inventory = docker_inventory
     applied = cli("apply", str(inventory))
     assert applied.returncode == 0, applied.stderr[-3000:]
     hosts = [h.name for h in docker_lab.hosts]
     assert all(ssh(docker_lab, h, _DOCKER_LEFTOVERS).strip() for h in hosts)
 
+    # someone's own image of the same repository, which apply never ran: destroy keeps it
+    ran = ssh(docker_lab, hosts[0], "docker image ls --format '{{.Repository}}:{{.Tag}}'")
+    image = next(line for line in ran.split() if "/dask:" in line)
+    repository = image.rsplit(":", 1)[0]
+    ssh(docker_lab, hosts[0], f"docker tag {image} {repository}:someones-own")
+
     destroyed = cli("destroy", str(inventory), "--yes", "--json")
     assert destroyed.returncode == 0, destroyed.stderr[-3000:]
     assert json.loads(destroyed.stdout)["changed"] is True
+    kept = f"docker image inspect --format ok {repository}:someones-own"
+    assert ssh(docker_lab, hosts[0], kept).strip() == "ok"
+    ssh(docker_lab, hosts[0], f"docker image rm {repository}:someones-own")
     for h in hosts:
         assert ssh(docker_lab, h, _DOCKER_LEFTOVERS).strip() == "", h
         assert ssh(docker_lab, h, "systemctl is-active docker").strip() == "active"  # Docker stays
