@@ -85,6 +85,10 @@ def bench(count: int, runs: int, workdir: Path) -> dict[str, list[float]]:
             timed([*TOOL, "verify", str(inventory)]) for _ in range(runs)
         ]
         samples["ansible all -m ping"] = [timed(ping) for _ in range(runs)]
+        # what every command pays before its first SSH connection: Python and the CLI
+        samples["pydask-deploy --help (start-up alone)"] = [
+            timed([*TOOL, "--help"]) for _ in range(runs)
+        ]
     finally:
         lab_module.lab_down(config, lambda _: None)
     return samples
