@@ -20,10 +20,10 @@ def _trusted(mapping: dict[str, Any]) -> dict[str, Any]:
     return {k: trust_as_template(v) if isinstance(v, str) else v for k, v in mapping.items()}
 
 
-def render(passwd: str = "", **variables: Any) -> str:
+def render(passwd: str = "", earlier_apply: bool = False, **variables: Any) -> str:
     """The worker unit of host ``h2`` (scheduler ``h1``) with ``variables`` over the role's
     defaults; ``passwd`` is what ``getent passwd`` and ``id -gn`` say of ``dask_user``
-    (empty: no such account yet)."""
+    (empty: no such account yet); ``earlier_apply``: the host has apply's runtimes."""
     from ansible.parsing.dataloader import DataLoader  # type: ignore[import-untyped]
     from ansible.template import Templar, trust_as_template
 
@@ -37,6 +37,7 @@ def render(passwd: str = "", **variables: Any) -> str:
         "__dask_runtime_unit_user": variables.get("dask_user", "dask"),
         "__dask_passwd": {"rc": 0 if passwd else 2, "stdout_lines": passwd.splitlines()},
         "__dask_account_record_file": {},
+        "__dask_account_earlier_apply": {"stat": {"exists": earlier_apply}},
         "groups": {"dask_scheduler": ["h1"], "dask_workers": ["h2"]},
         "hostvars": {"h1": {"ansible_host": "10.0.0.1"}},
         "inventory_hostname": "h2",
@@ -107,8 +108,19 @@ def test_an_existing_account_runs_with_its_own_group_and_keeps_its_ipc() -> None
 
 
 def test_an_account_shaped_as_apply_made_it_is_the_roles() -> None:
-    unit = render("dask:x:999:997::/var/lib/dask:/usr/sbin/nologin\ndask")
+    unit = render("dask:x:999:997::/var/lib/dask:/usr/sbin/nologin\ndask", earlier_apply=True)
     assert lines(unit, "RemoveIPC") == ["yes"]
+
+
+def test_the_same_account_on_a_host_apply_never_converged_is_left_as_it_is() -> None:
+    """An admin made it by hand to the pattern apply uses: it is not claimed."""
+    unit = render("dask:x:999:997::/var/lib/dask:/usr/sbin/nologin\ndask", earlier_apply=False)
+    assert lines(unit, "RemoveIPC") == []
+    shaped_but_other_group = render(
+        "dask:x:999:100::/var/lib/dask:/usr/sbin/nologin\nusers", earlier_apply=True
+    )
+    assert lines(shaped_but_other_group, "RemoveIPC") == []
+    assert lines(shaped_but_other_group, "Group") == ["users"]
 
 
 def test_a_gpu_host_renders_one_worker_per_instance_with_its_own_gpu() -> None:
