@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
+from pydask_deploy.observe import verify
 from pydask_deploy.observe.verify import client_warnings, path_checks, paths_script
 
 CLUSTER = {"python": "3.11.2", "distributed": "2026.8.0", "dask": "2026.8.0"}
@@ -84,3 +87,35 @@ def test_the_paths_script_is_valid_sh_and_quotes_the_paths() -> None:
     assert "check dask_worker_read_only_paths ro '/srv/it'\"'\"'s'" in script
     done = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+class _Answers:
+    """A testinfra host that answers every command with one output."""
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+
+    def run(self, command: str, *args: str) -> _Answers:
+        return self
+
+
+@pytest.mark.parametrize(
+    ("stdout", "running", "enabled", "details"),
+    [
+        ("0 active\n0 enabled\n", True, True, ("active", "enabled")),
+        ("0 active\n0 static\n", True, True, ("active", "static")),
+        ("3 inactive\n1 \n", False, False, ("inactive", "not found")),
+        ("3 failed\n1 disabled\n", False, False, ("failed", "disabled")),
+        ("", False, False, ("not found", "not found")),  # the command did not run
+    ],
+)
+def test_a_units_checks_follow_systemctls_exit_codes(
+    stdout: str, running: bool, enabled: bool, details: tuple[str, str]
+) -> None:
+    checks = verify._unit_checks(_Answers(stdout), "h2", "dask-worker.service")
+    assert [c.passed for c in checks] == [running, enabled]
+    assert tuple(c.detail for c in checks) == details
+    assert [c.name for c in checks] == [
+        "dask-worker.service is running",
+        "dask-worker.service is enabled at boot",
+    ]
