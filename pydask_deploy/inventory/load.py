@@ -585,24 +585,26 @@ def _worker_problems(host: Host, setting: Callable[[str], object]) -> list[str]:
     gpus = host.vars.get("dask_worker_gpus")
     if templated(gpus):
         found.append(
-            "`dask_worker_gpus` must be a number, not a template: it names the host's units"
+            f"`dask_worker_gpus` is {gpus!r}: it must be a number, not a template, since it "
+            "names the host's units"
         )
     elif is_int(gpus) and gpus > 0:  # type: ignore[operator]
         if "dask_worker_nworkers" in host.vars:
             found.append(
-                "`dask_worker_gpus` and `dask_worker_nworkers` are both set; a GPU host runs "
-                "one worker per GPU: remove `dask_worker_nworkers` there"
+                f"`dask_worker_gpus: {gpus}` and `dask_worker_nworkers: "
+                f"{host.vars['dask_worker_nworkers']}` are both set; a GPU host runs one worker "
+                "per GPU: remove `dask_worker_nworkers` there"
             )
         if setting("dask_runtime") == "docker":
             found.append(
-                "`dask_worker_gpus` needs the venv or conda runtime: a docker worker would "
-                "need the NVIDIA container toolkit, which pydask-deploy does not set up"
+                f"`dask_worker_gpus: {gpus}` needs the venv or conda runtime: a docker worker "
+                "would need the NVIDIA container toolkit, which pydask-deploy does not set up"
             )
         resources = setting("dask_worker_resources")
         if isinstance(resources, dict) and "GPU" in resources:
             found.append(
-                "`dask_worker_gpus` and a GPU in `dask_worker_resources` are both set; each "
-                "GPU worker gets GPU=1: remove it from `dask_worker_resources`"
+                f"`dask_worker_gpus: {gpus}` and `dask_worker_resources: {resources}` both "
+                "give GPUs; each GPU worker gets GPU=1: remove GPU from `dask_worker_resources`"
             )
     return found
 
